@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh clone: both create the virtualenv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUNS ?= runs/tiny
+
+.PHONY: setup test lint demo pretrain sft synth clean-runs
+
+setup: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes, so repeated calls cost nothing.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests
+
+lint: setup
+	$(BIN)/ruff check align tests bench
+	$(BIN)/ruff format --check align tests bench
+
+synth: setup
+	$(BIN)/align data synth --output data/synthetic
+
+demo: setup
+	$(BIN)/python bench/demo_cpu.py --runs $(RUNS)
+
+pretrain: setup
+	$(BIN)/align pretrain --recipe recipes/tiny/pretrain.yaml
+
+sft: setup
+	$(BIN)/align sft --recipe recipes/tiny/sft.yaml
+
+clean-runs:
+	rm -rf $(RUNS)

@@ -1,0 +1,36 @@
+"""align: instruction tuning, reward models, PPO and DPO for GPT-2-style models.
+
+Every CLI command is a thin wrapper over a function here, so notebooks call the same code:
+
+    import align
+    artifact = align.sft(align.SFTConfig(model="runs/tiny/pretrain", data="data/synthetic/sft.jsonl",
+                                         output="runs/mine/sft"))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Heavy imports (torch, transformers, trl) happen on first use, so `align --help` stays fast.
+_EXPORTS = {
+    "Artifact": "align.artifacts",
+    "load_artifact": "align.artifacts",
+    "PretrainConfig": "align.config",
+    "SFTConfig": "align.config",
+    "EvalConfig": "align.config",
+    "pretrain": "align.stages.pretrain:run",
+    "sft": "align.stages.sft:run",
+    "evaluate": "align.evaluate:run",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'align' has no attribute {name!r}")
+    module_name, _, attr = _EXPORTS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr or name)

@@ -1,0 +1,240 @@
+"""The artifact contract: one directory per stage run, committed atomically, verifiable by hash.
+
+    runs/<run>/<stage>/
+      manifest.json   stage, versions, resolved config, parents (relative path + sha256), data,
+                      base model, files {name: sha256}, metrics
+      model/          save_pretrained output (full weights or LoRA adapter) and the tokenizer
+      logs/           TensorBoard events and metrics.jsonl
+
+A run works in `<output>.partial/` (which holds its checkpoints, so `--resume` finds them) and is
+renamed into place only when complete: a killed run never leaves a directory a later stage accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from align.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+PARTIAL_SUFFIX = ".partial"
+_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def stage(self) -> str:
+        return self.manifest["stage"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.path / MANIFEST)
+
+    def parent(self, stage: str) -> Artifact | None:
+        """The input artifact of the given stage, resolved relative to this artifact."""
+        for record in self.manifest.get("parents", []):
+            if record["stage"] == stage:
+                return load_artifact(self.path / record["path"])
+        return None
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_artifact(path: str | Path, expect_stage: str | tuple[str, ...] | None = None) -> Artifact:
+    """Open an artifact, refusing a missing, corrupt or wrong-stage one with a message saying which."""
+    path = Path(path)
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise ArtifactError(f"{path}: an unfinished run (resume it with --resume), not an artifact")
+    manifest_path = path / MANIFEST
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such artifact directory")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: not an align artifact ({MANIFEST} missing)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict) or "stage" not in manifest or "files" not in manifest:
+        raise ArtifactError(f"{manifest_path}: corrupt manifest (no 'stage' or 'files')")
+    for name in manifest["files"]:
+        _check_inside(path, name, manifest_path)
+    for record in manifest.get("parents", []):
+        if not isinstance(record, dict) or "path" not in record or "stage" not in record:
+            raise ArtifactError(f"{manifest_path}: corrupt manifest (bad parent record)")
+    artifact = Artifact(path, manifest)
+    expected = (expect_stage,) if isinstance(expect_stage, str) else expect_stage
+    if expected and artifact.stage not in expected:
+        raise ArtifactError(
+            f"{path}: a '{artifact.stage}' artifact, but this needs a {' or '.join(repr(s) for s in expected)} one"
+        )
+    missing = [name for name in manifest["files"] if not (path / name).is_file()]
+    if missing:
+        raise ArtifactError(f"{path}: incomplete artifact, missing {missing[0]} (run `align verify {path}`)")
+    return artifact
+
+
+def verify(path: str | Path) -> list[str]:
+    """Re-hash every file the manifest lists; return one line per problem (empty: intact)."""
+    artifact = load_artifact(path)
+    problems = []
+    for name, digest in artifact.manifest["files"].items():
+        if sha256_file(artifact.path / name) != digest:
+            problems.append(f"{name}: modified (sha256 differs from the manifest)")
+    for record in artifact.manifest.get("parents", []):
+        parent = artifact.path / record["path"]
+        if not is_artifact(parent):
+            problems.append(f"parent {record['stage']}: not found at {record['path']}")
+        elif record.get("sha256") and sha256_file(parent / MANIFEST) != record["sha256"]:
+            problems.append(f"parent {record['stage']}: manifest changed since this artifact was made")
+    return problems
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ArtifactWriter:
+    """Collects what a stage produces in `<output>.partial/` and commits it as one artifact.
+
+    Usage: `with ArtifactWriter(output, "sft", config, resume) as writer:` write files under
+    `writer.work_dir`, record parents/data/metrics, then `return writer.commit()`.
+    """
+
+    output: Path
+    stage: str
+    config: dict[str, Any]
+    resume: bool = False
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    base_model: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.work_dir = self.output.with_name(self.output.name + PARTIAL_SUFFIX)
+        if self.output.exists() and not is_artifact(self.output):
+            raise ArtifactError(f"{self.output}: exists and is not an align artifact; refusing to replace it")
+        if self.work_dir.exists() and not self.resume:
+            shutil.rmtree(self.work_dir)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArtifactError(f"{self.work_dir}: cannot create ({exc.strerror})") from None
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.work_dir / "model"
+
+    def add_parent(self, artifact: Artifact) -> None:
+        relative = os.path.relpath(artifact.path.resolve(), self.output.resolve())
+        self.parents.append({"stage": artifact.stage, "path": relative, "sha256": artifact.sha256})
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """On failure keep the work directory only if it holds a checkpoint worth resuming."""
+        resumable = self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir())
+        if exc_type is not None and self.work_dir.exists() and not resumable:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def commit(self, keep_checkpoints: bool = False) -> Artifact:
+        if not keep_checkpoints:
+            shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+        files = {
+            str(p.relative_to(self.work_dir)): sha256_file(p)
+            for p in sorted(self.work_dir.rglob("*"))
+            if p.is_file() and p.name != MANIFEST
+        }
+        manifest = {
+            "stage": self.stage,
+            "align_version": _version("align"),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config,
+            "parents": self.parents,
+            "data": self.data,
+            "base_model": self.base_model,
+            "files": files,
+            "metrics": self.metrics,
+            "libraries": {name: _version(name) for name in _LIBRARIES},
+            **self.extra,
+        }
+        write_json_atomic(self.work_dir / MANIFEST, manifest)
+        _swap_into_place(self.work_dir, self.output)
+        return load_artifact(self.output)
+
+
+def update_metrics(artifact: Artifact, metrics: dict[str, Any]) -> Artifact:
+    """Add figures measured after the run (e.g. by `align eval`) to an artifact's manifest."""
+    manifest = dict(artifact.manifest)
+    manifest["metrics"] = {**manifest.get("metrics", {}), **metrics}
+    write_json_atomic(artifact.path / MANIFEST, manifest)
+    return Artifact(artifact.path, manifest)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _swap_into_place(work_dir: Path, output: Path) -> None:
+    """Rename the finished work directory onto `output`; an existing artifact is replaced only now."""
+    old = output.with_name(output.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if output.exists():
+        os.replace(output, old)
+    os.replace(work_dir, output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_inside(root: Path, name: str, manifest_path: Path) -> None:
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ArtifactError(f"{manifest_path}: file entry '{name}' points outside the artifact")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

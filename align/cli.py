@@ -1,0 +1,441 @@
+"""The `align` command line: one thin command per stage over the Python API.
+
+Flags override the recipe, the recipe overrides the defaults; `--set section.field=value` reaches any
+config field. User errors print one line and exit with code 2; success prints the artifact path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from align.errors import AlignError
+
+app = typer.Typer(
+    help=__doc__.split("\n")[0], no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+)
+data_app = typer.Typer(help="Inspect data files and generate the synthetic tasks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+Recipe = Annotated[Path | None, typer.Option("--recipe", "-r", help="YAML recipe with the stage's config.")]
+Model = Annotated[str | None, typer.Option(help="Hub id, local HF model directory or align artifact.")]
+Data = Annotated[str | None, typer.Option(help="Data file, directory or hub id `name[:config][@split]`.")]
+Output = Annotated[str | None, typer.Option("--output", "-o", help="Artifact directory to write.")]
+Resume = Annotated[bool, typer.Option(help="Continue from the last checkpoint of an interrupted run.")]
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any config field: section.field=value.")
+]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (train.learning_rate).")]
+MaxSteps = Annotated[int | None, typer.Option(help="Optimiser steps; overrides epochs (train.max_steps).")]
+Epochs = Annotated[float | None, typer.Option(help="Passes over the data (train.epochs).")]
+BatchSize = Annotated[int | None, typer.Option(help="Per-device batch size (train.batch_size).")]
+Seed = Annotated[int | None, typer.Option(help="Random seed (train.seed).")]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+
+
+def _handle(action: Callable[[], Any]) -> Any:
+    """Run a command; an AlignError becomes one line on stderr and exit code 2."""
+    try:
+        return action()
+    except AlignError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
+
+
+def _stage(
+    run: str,
+    config_cls: str,
+    recipe: Path | None,
+    flags: dict[str, Any],
+    sets: list[str] | None,
+    resume: bool,
+) -> None:
+    def action() -> None:
+        import importlib
+
+        from align import config as config_module
+
+        cfg = config_module.build_config(getattr(config_module, config_cls), recipe, flags, sets)
+        _quiet_libraries()
+        module_name, _, function = run.partition(":")
+        artifact = getattr(importlib.import_module(module_name), function)(cfg, resume=resume)
+        typer.echo(str(artifact.path))
+
+    _handle(action)
+
+
+def _train_flags(
+    lr: float | None, max_steps: int | None, epochs: float | None, batch_size: int | None, seed: int | None
+) -> dict[str, Any]:
+    return {
+        "train.learning_rate": lr,
+        "train.max_steps": max_steps,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.seed": seed,
+    }
+
+
+@app.command()
+def pretrain(
+    recipe: Recipe = None,
+    data: Data = None,
+    output: Output = None,
+    resume: Resume = False,
+    lr: LearningRate = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    sets: Sets = None,
+) -> None:
+    """Train a byte-level BPE tokenizer and a small GPT-2 from scratch on a text corpus."""
+    flags = {"data": data, "output": output, **_train_flags(lr, max_steps, epochs, batch_size, seed)}
+    _stage("align.stages.pretrain:run", "PretrainConfig", recipe, flags, sets, resume)
+
+
+@app.command()
+def sft(
+    recipe: Recipe = None,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    resume: Resume = False,
+    lr: LearningRate = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--full", help="LoRA adapters (default) or full fine-tuning.")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank (lora.r).")] = None,
+    eval_data: Annotated[
+        str | None, typer.Option(help="Held-out data; default: eval_fraction of --data.")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Longest row in tokens; longer rows are dropped.")
+    ] = None,
+    packing: Annotated[
+        bool | None, typer.Option("--packing/--no-packing", help="Pack rows into full sequences.")
+    ] = None,
+    save_merged: Annotated[
+        bool | None, typer.Option("--save-merged", help="Also write LoRA-merged weights.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
+    ] = None,
+    sets: Sets = None,
+) -> None:
+    """Supervised fine-tuning on instruction/chat data (loss on completions only)."""
+    flags = {
+        "model": model,
+        "data": data,
+        "output": output,
+        "eval_data": eval_data,
+        "max_length": max_length,
+        "packing": packing,
+        "save_merged": save_merged,
+        "trust_remote_code": trust_remote_code,
+        "lora.enabled": lora,
+        "lora.r": lora_r,
+        **_train_flags(lr, max_steps, epochs, batch_size, seed),
+    }
+    _stage("align.stages.sft:run", "SFTConfig", recipe, flags, sets, resume)
+
+
+rm_app = typer.Typer(help="Train a reward model on preference pairs; `align rm score` applies one.")
+app.add_typer(rm_app, name="rm")
+
+
+@rm_app.callback(invoke_without_command=True)
+def rm(
+    ctx: typer.Context,
+    recipe: Recipe = None,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    resume: Resume = False,
+    lr: LearningRate = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--full", help="LoRA adapters (merged on save) or full.")
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option(help="Held-out pairs; default: eval_fraction of --data.")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Longest pair in tokens; longer pairs are dropped.")
+    ] = None,
+    margin: Annotated[
+        float | None, typer.Option(help="Required score gap in the Bradley-Terry loss.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
+    ] = None,
+    sets: Sets = None,
+) -> None:
+    """Reward model on ranked pairs (Bradley-Terry), initialised from the SFT policy."""
+    if ctx.invoked_subcommand is not None:
+        return
+    flags = {
+        "model": model,
+        "data": data,
+        "output": output,
+        "eval_data": eval_data,
+        "max_length": max_length,
+        "margin": margin,
+        "trust_remote_code": trust_remote_code,
+        "lora.enabled": lora,
+        **_train_flags(lr, max_steps, epochs, batch_size, seed),
+    }
+    _stage("align.stages.rm:run", "RMConfig", recipe, flags, sets, resume)
+
+
+@rm_app.command("score")
+def rm_score(
+    model: Annotated[str, typer.Option(help="Reward-model artifact.")],
+    data: Annotated[str, typer.Option(help="File of (prompt, response) rows: any sft-shaped file.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="JSONL to write (default: stdout).")
+    ] = None,
+) -> None:
+    """Score every (prompt, response) row of a file with a reward model; writes JSONL with a `score`."""
+
+    def action() -> None:
+        from align.data import load_data
+        from align.rewards import RewardModel
+
+        rows = load_data(data, "sft").rows
+        _quiet_libraries()
+        scorer = RewardModel.load(model)
+        responses = [r["completion"][0]["content"] + scorer.tokenizer.eos_token for r in rows]
+        scores = scorer.score_messages([r["prompt"] for r in rows], responses)
+        lines = [
+            json.dumps({"prompt": r["prompt"], "response": r["completion"][0]["content"], "score": s})
+            for r, s in zip(rows, scores, strict=True)
+        ]
+        text = "\n".join(lines) + "\n"
+        if output:
+            output.write_text(text)
+            typer.echo(str(output))
+        else:
+            typer.echo(text, nl=False)
+
+    _handle(action)
+
+
+@app.command()
+def ppo(
+    recipe: Recipe = None,
+    model: Model = None,
+    output: Output = None,
+    resume: Resume = False,
+    reward_model: Annotated[str | None, typer.Option(help="Reward-model artifact.")] = None,
+    reward: Annotated[
+        str | None, typer.Option(help="Python reward `module:function` instead of an RM.")
+    ] = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="Prompts file (a pairs or sft file also serves).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="PPO iterations (ppo.steps).")] = None,
+    lr: LearningRate = None,
+    kl_coef: Annotated[float | None, typer.Option(help="KL penalty beta (ppo.kl_coef).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (ppo.seed).")] = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--full", help="LoRA policy (reference = adapters off) or full.")
+    ] = None,
+    critic: Annotated[str | None, typer.Option(help="auto, rm_lora, rm_copy or policy_copy.")] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
+    ] = None,
+    sets: Sets = None,
+) -> None:
+    """PPO against a reward model or a reward function, with a per-token KL penalty to the SFT policy."""
+    flags = {
+        "model": model,
+        "output": output,
+        "reward_model": reward_model,
+        "reward": reward,
+        "prompts": prompts,
+        "critic": critic,
+        "trust_remote_code": trust_remote_code,
+        "lora.enabled": lora,
+        "ppo.steps": steps,
+        "ppo.learning_rate": lr,
+        "ppo.kl_coef": kl_coef,
+        "ppo.seed": seed,
+    }
+    _stage("align.stages.ppo:run", "PPOConfig", recipe, flags, sets, resume)
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option(help="Policy artifact, model directory or hub id.")],
+    prompts: Annotated[
+        str | None, typer.Option(help="Held-out prompts (default: the synthetic eval set).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N prompts.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature for the headline score.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+    recipe: Recipe = None,
+    sets: Sets = None,
+) -> None:
+    """Gold score of a policy on held-out synthetic prompts (sampled at T=0.7 and greedy, per family)."""
+
+    def action() -> None:
+        from align.config import EvalConfig, build_config
+
+        cfg = build_config(
+            EvalConfig,
+            recipe,
+            {"model": model, "prompts": prompts, "limit": limit, "temperature": temperature},
+            sets,
+        )
+        _quiet_libraries()
+        from align.evaluate import run
+
+        results = run(cfg)
+        _print_gold(model, results)
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+    _handle(action)
+
+
+@app.command()
+def show(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
+    """Print an artifact's stage, lineage, data and metrics."""
+
+    def action() -> None:
+        from align.artifacts import load_artifact
+
+        artifact = load_artifact(path)
+        manifest = artifact.manifest
+        out = Console()
+        out.print(
+            f"[bold]{artifact.stage}[/bold] {artifact.path}  (created {manifest.get('created')}, "
+            f"align {manifest.get('align_version')}, {manifest.get('model_format', '?')} weights)"
+        )
+        lineage = artifact
+        while lineage.manifest.get("parents"):
+            record = lineage.manifest["parents"][0]
+            lineage = lineage.parent(record["stage"])
+            out.print(f"  <- {lineage.stage}: {lineage.path}")
+        if manifest.get("base_model"):
+            out.print(f"base model: {manifest['base_model']}")
+        data = manifest.get("data") or {}
+        if data:
+            out.print(f"data: {data.get('source')} ({data.get('rows')} rows, dropped {data.get('dropped')})")
+        table = Table("metric", "value", title="metrics")
+        for key, value in manifest.get("metrics", {}).items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        out.print(table)
+
+    _handle(action)
+
+
+@app.command()
+def verify(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
+    """Re-hash every file of an artifact; exit 1 if any was modified."""
+
+    def action() -> None:
+        from align.artifacts import verify as verify_artifact
+
+        problems = verify_artifact(path)
+        for problem in problems:
+            typer.echo(f"{path}: {problem}")
+        if problems:
+            raise typer.Exit(1)
+        typer.echo(f"{path}: ok")
+
+    _handle(action)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Annotated[str, typer.Argument(help="Data file, directory or hub id.")],
+    kind: Annotated[str, typer.Option(help="text, sft, pairs or prompts.")] = "sft",
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Model/artifact whose tokenizer measures lengths.")
+    ] = None,
+) -> None:
+    """Normalise a data file as a stage would and report rows, drops, token lengths and two examples."""
+
+    def action() -> None:
+        from align.data.inspect import inspect
+
+        _quiet_libraries()
+        Console().print(inspect(source, kind, tokenizer))
+
+    _handle(action)
+
+
+@data_app.command("synth")
+def data_synth(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the generated files.")] = Path(
+        "data/synthetic"
+    ),
+    seed: Annotated[int | None, typer.Option(help="Generator seed.")] = None,
+    sets: Sets = None,
+) -> None:
+    """Generate the synthetic tasks (corpus, SFT demos, pairs, PPO and eval prompts), bit-identically."""
+
+    def action() -> None:
+        from align.config import build_config
+        from align.data.synthetic import SynthSettings, write
+
+        settings = build_config(SynthSettings, None, {"seed": seed}, sets)
+        for name, digest in write(settings, output).items():
+            typer.echo(f"{output / name}  sha256 {digest[:16]}")
+
+    _handle(action)
+
+
+def _print_gold(model: str, results: dict[str, Any]) -> None:
+    table = Table("decoding", "gold", "±95%", "EOS rate", *results["gold_sampled_by_family"], title=model)
+    for name in ("sampled", "greedy"):
+        if f"gold_{name}" in results:
+            table.add_row(
+                name,
+                f"{results[f'gold_{name}']:.3f}",
+                f"{results[f'gold_{name}_ci95']:.3f}",
+                f"{results[f'eos_rate_{name}']:.2f}",
+                *(f"{v:.2f}" for v in results[f"gold_{name}_by_family"].values()),
+            )
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

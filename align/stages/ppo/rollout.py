@@ -1,0 +1,166 @@
+"""Rollouts: sample responses, then score every token with the policy, the reference and the critic.
+
+Every forward pass gets `position_ids = cumsum(attention_mask) - 1`, because GPT-2's positions are
+absolute and the prompts are left-padded; log-probs come from logits / temperature through an fp32
+log-softmax, so the update sees exactly the distribution the rollout sampled from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from align.generation import decode_response
+from align.stages.ppo.core import INVALID_LOGPROB, truncate_at_eos
+
+
+@dataclass
+class Trajectory:
+    """One batch of rollouts. B rollouts, Q prompt tokens (left-padded), T response tokens."""
+
+    query_responses: torch.Tensor  # [B, Q+T] prompt then response ids, padded after the first EOS
+    attention_mask: torch.Tensor  # [B, Q+T]
+    query_length: int  # Q
+    mask: torch.Tensor  # [B, T] 1.0 on response tokens up to and including the first EOS
+    logprobs: torch.Tensor  # [B, T] policy log-probs at sampling time
+    ref_logprobs: torch.Tensor  # [B, T] reference (SFT) log-probs
+    values: torch.Tensor  # [B, T] critic values of the state before each response token
+    entropy: torch.Tensor  # [B, T] policy entropy per token
+    scores: torch.Tensor  # [B] reward of the whole response (after the missing-EOS penalty)
+    raw_scores: torch.Tensor  # [B] reward as the reward model/function returned it
+    prompt_texts: list[str]
+    response_texts: list[str]
+
+    @property
+    def responses(self) -> torch.Tensor:
+        return self.query_responses[:, self.query_length :]
+
+    @property
+    def ended(self) -> torch.Tensor:
+        """[B] bool: the response contains its stop token."""
+        return torch.tensor([text.endswith(self.eos_text) for text in self.response_texts])
+
+    eos_text: str = ""
+
+
+class Sampler(Protocol):
+    """The rollout engine interface: a faster engine can replace plain `generate` behind it."""
+
+    def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """Sampled response ids [B, T], T = max_new_tokens (padded when every row stopped early)."""
+        ...
+
+
+@dataclass
+class HFSampler:
+    tokenizer: Any
+    temperature: float
+    max_new_tokens: int
+    top_k: int = 0  # 0 and 1.0: sample the full distribution the log-probs describe
+    top_p: float = 1.0
+
+    def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        output = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config)
+        responses = output[:, queries.shape[1] :]
+        missing = self.max_new_tokens - responses.shape[1]
+        if missing:
+            responses = torch.nn.functional.pad(responses, (0, missing), value=self.tokenizer.pad_token_id)
+        return responses
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def response_logprobs(
+    model: Any,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    query_length: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each response token and the entropy at each response position.  -> [B, T], [B, T]"""
+    logits = model(
+        input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).logits
+    logits = logits[:, query_length - 1 : -1].float() / temperature
+    all_logprobs = torch.log_softmax(logits, dim=-1)
+    responses = query_responses[:, query_length:]
+    logprobs = all_logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def collect(
+    policy: Any,
+    reference: Callable[[], Any],
+    critic: Any,
+    reward: Callable[[list[str], list[str]], list[float]],
+    sampler: Sampler,
+    tokenizer: Any,
+    prompt_texts: list[str],
+    temperature: float,
+    missing_eos_penalty: float | None,
+    device: torch.device,
+) -> Trajectory:
+    """Steps 1-4 of a PPO iteration: sample, truncate at EOS, score tokens, score responses."""
+    queries = tokenizer(
+        prompt_texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    ).to(device)
+    query_length = queries["input_ids"].shape[1]
+    # 1. sample
+    raw = sampler.sample(policy, queries["input_ids"], queries["attention_mask"])
+    # 2. cut each response after its first EOS; later tokens become padding and leave the mask
+    responses, mask = truncate_at_eos(raw, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    query_responses = torch.cat([queries["input_ids"], responses], dim=1)
+    attention_mask = torch.cat([queries["attention_mask"], mask.long()], dim=1)
+    # 3. per-token log-probs (policy, reference) and values
+    logprobs, entropy = response_logprobs(policy, query_responses, attention_mask, query_length, temperature)
+    with reference() as reference_model:
+        ref_logprobs, _ = response_logprobs(
+            reference_model, query_responses, attention_mask, query_length, temperature
+        )
+    values = critic(query_responses, attention_mask)[:, query_length - 1 : -1].float()
+    invalid = mask == 0
+    logprobs, ref_logprobs = (
+        logprobs.masked_fill(invalid, INVALID_LOGPROB),
+        ref_logprobs.masked_fill(invalid, INVALID_LOGPROB),
+    )
+    values, entropy = values.masked_fill(invalid, 0.0), entropy.masked_fill(invalid, 0.0)
+    # 4. score the decoded responses (EOS text kept, so rewards can tell finished from cut off)
+    response_texts = [decode_response(tokenizer, row) for row in raw.tolist()]
+    raw_scores = torch.tensor(reward(prompt_texts, response_texts), dtype=torch.float32, device=device)
+    ended = torch.tensor([t.endswith(tokenizer.eos_token) for t in response_texts], device=device)
+    scores = raw_scores.clone()
+    if missing_eos_penalty is not None:
+        scores = torch.where(ended, scores, scores - missing_eos_penalty)
+    return Trajectory(
+        query_responses,
+        attention_mask,
+        query_length,
+        mask,
+        logprobs,
+        ref_logprobs,
+        values,
+        entropy,
+        scores,
+        raw_scores,
+        prompt_texts,
+        response_texts,
+        eos_text=tokenizer.eos_token,
+    )

@@ -1,0 +1,416 @@
+"""PPO-RLHF: the SFT policy optimised against a reward model (or reward function) with a KL penalty.
+
+    align ppo --model runs/tiny/sft --reward-model runs/tiny/rm --prompts data/synthetic/ppo.jsonl \\
+              --output runs/tiny/ppo
+
+Each iteration: (1) sample a response per prompt, (2) truncate at EOS, (3) score every token with the
+policy, the reference and the critic, (4) score the response with the reward, (5) per-token rewards
+with the KL penalty and the score at the last token, (6) GAE and whitened advantages, (7) several
+epochs of clipped policy and value updates over shuffled minibatches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from align.artifacts import Artifact, ArtifactWriter
+from align.chat import prompt_text
+from align.config import PPOConfig, to_dict
+from align.data import load_data
+from align.data.synthetic import family_of, gold_reward
+from align.errors import DataError
+from align.models import load_tokenizer, pick_device, record_base, resolve_model, save_adapter
+from align.stages.ppo import core
+from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
+from align.stages.ppo.rollout import HFSampler, Trajectory, collect, response_logprobs
+from align.training import TrainingDiverged
+
+
+def run(config: PPOConfig, resume: bool = False) -> Artifact:
+    settings = config.ppo
+    source = resolve_model(config.model)
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
+    device = pick_device()
+    torch.manual_seed(settings.seed)
+    rm_artifact, scorer, reward = build_reward(config, device)
+    policy, reference = build_policy(config, source, device)
+    prompts, prompt_info = _prompt_texts(config, tokenizer, _context_length(policy.config))
+    critic, layout, rm_reward = build_critic(config, source, tokenizer, scorer, device)
+    with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
+        loop = PPOLoop(
+            config, policy, reference, critic, rm_reward or reward, tokenizer, prompts, writer, device
+        )
+        loop.normalisation = _score_statistics(rm_artifact) if settings.normalize_scores else None
+        loop.prompt_info = prompt_info
+        summary = loop.train(resume)
+        summary.update(
+            {
+                "critic": layout,
+                "trainable_policy_parameters": sum(p.numel() for p in trainable(policy)),
+                "trainable_critic_parameters": sum(p.numel() for p in trainable(critic)),
+            }
+        )
+        if config.lora.enabled:
+            save_adapter(policy, writer.model_dir, source)
+        else:
+            policy.save_pretrained(str(writer.model_dir))
+        tokenizer.save_pretrained(str(writer.model_dir))
+        writer.data = {"prompts": loop.prompt_info}
+        writer.metrics = summary
+        writer.extra["model_format"] = "lora" if config.lora.enabled else "full"
+        record_base(writer, source)
+        if rm_artifact is not None:
+            writer.add_parent(rm_artifact)
+        writer.extra["reward"] = config.reward or {"stage": "rm"}
+        return writer.commit()
+
+
+class PPOLoop:
+    def __init__(
+        self,
+        config: PPOConfig,
+        policy: Any,
+        reference: Any,
+        critic: Any,
+        reward: Any,
+        tokenizer: Any,
+        prompts: list[str],
+        writer: ArtifactWriter,
+        device: torch.device,
+    ):
+        self.config, self.settings = config, config.ppo
+        self.policy, self.reference, self.critic, self.reward = policy, reference, critic, reward
+        self.tokenizer, self.prompts, self.writer, self.device = tokenizer, prompts, writer, device
+        s = self.settings
+        self.sampler = HFSampler(tokenizer, s.temperature, s.max_new_tokens)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.policy_optimizer = torch.optim.AdamW(trainable(policy), lr=s.learning_rate, eps=1e-5, **fused)
+        self.critic_optimizer = torch.optim.AdamW(
+            trainable(critic), lr=s.critic_learning_rate or s.learning_rate, eps=1e-5, **fused
+        )
+        self.kl = core.KLController(s.kl_coef, s.target_kl, s.kl_horizon)
+        self.generator = torch.Generator().manual_seed(s.seed)
+        self.order: list[int] = []
+        self.step = 0
+        self.normalisation: tuple[float, float] | None = None
+        self.synthetic = all(family_of(p) != "unknown" for p in prompts[:200])
+        self.prompt_info: dict[str, Any] = {}
+        self.history: list[dict[str, float]] = []
+
+    def train(self, resume: bool) -> dict[str, Any]:
+        if resume:
+            self._load_checkpoint()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.logs_dir.mkdir(parents=True, exist_ok=True)
+        board = SummaryWriter(log_dir=str(self.writer.logs_dir))
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("ppo", total=self.settings.steps, completed=self.step)
+            while self.step < self.settings.steps:
+                stats = self.iteration()
+                self.step += 1
+                self._log(stats, board)
+                progress.update(
+                    task, advance=1, description=f"ppo score {stats['score']:.3f} kl {stats['kl']:.2f}"
+                )
+                if self.settings.save_every and self.step % self.settings.save_every == 0:
+                    self._save_checkpoint()
+        board.close()
+        return self._summary()
+
+    def iteration(self) -> dict[str, float]:
+        s = self.settings
+        start = time.perf_counter()
+        self.policy.eval()
+        self.critic.eval()
+        batch = self._next_prompts()
+        trajectory = collect(
+            self.policy,
+            self.reference,
+            self.critic,
+            self._score,
+            self.sampler,
+            self.tokenizer,
+            batch,
+            s.temperature,
+            s.missing_eos_penalty,
+            self.device,
+        )
+        rollout_seconds = time.perf_counter() - start
+        # 5. per-token rewards: KL penalty everywhere, the score at the last real token
+        rewards, kl = core.per_token_rewards(
+            trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, trajectory.mask, self.kl.value
+        )
+        if s.whiten_rewards:
+            rewards = core.masked_whiten(rewards, trajectory.mask, shift_mean=False)
+        # 6. advantages and value targets
+        advantages, returns = core.gae(rewards, trajectory.values, trajectory.mask, s.gamma, s.lam)
+        advantages = core.masked_whiten(advantages, trajectory.mask)
+        # 7. PPO epochs
+        update_start = time.perf_counter()
+        update = self.update(trajectory, advantages, returns)
+        update_seconds = time.perf_counter() - update_start
+        sequence_kl = kl.sum(1).mean().item()
+        if s.kl_ceiling is not None and sequence_kl > s.kl_ceiling:
+            raise TrainingDiverged(
+                f"KL to the reference {sequence_kl:.2f} passed ppo.kl_ceiling={s.kl_ceiling} at "
+                f"step {self.step + 1}; raise ppo.kl_coef or lower the learning rate"
+            )
+        beta = self.kl.value
+        self.kl.update(sequence_kl, s.rollouts)
+        return self._stats(trajectory, kl, returns, update, beta, rollout_seconds, update_seconds)
+
+    def update(
+        self, trajectory: Trajectory, advantages: torch.Tensor, returns: torch.Tensor
+    ) -> dict[str, float]:
+        s = self.settings
+        train_policy = self.step >= s.critic_warmup_steps
+        self.policy.train()
+        self.critic.train()
+        records: list[dict[str, float]] = []
+        for _epoch in range(s.ppo_epochs):
+            order = torch.randperm(s.rollouts, generator=self.generator)
+            epoch_kls = []
+            for start in range(0, s.rollouts, s.mini_batch_size):
+                minibatch = order[start : start + s.mini_batch_size]
+                record = self._minibatch(trajectory, advantages, returns, minibatch, train_policy)
+                records.append(record)
+                epoch_kls.append(record["approxkl"])
+            if s.stop_kl is not None and statistics.fmean(epoch_kls) > s.stop_kl:
+                break
+        summary = {key: statistics.fmean(r[key] for r in records) for key in records[0]}
+        summary.update({f"first_{k}": records[0][k] for k in ("ratio", "approxkl", "clipfrac")})
+        summary["epochs_run"] = len(records) * s.mini_batch_size / s.rollouts
+        return summary
+
+    def _minibatch(
+        self,
+        trajectory: Trajectory,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        minibatch: torch.Tensor,
+        train_policy: bool,
+    ) -> dict[str, float]:
+        s = self.settings
+        q = trajectory.query_length
+        totals: dict[str, float] = {}
+        for start in range(0, len(minibatch), s.micro_batch_size):
+            idx = minibatch[start : start + s.micro_batch_size]
+            logprobs, _ = response_logprobs(
+                self.policy, trajectory.query_responses[idx], trajectory.attention_mask[idx], q, s.temperature
+            )
+            values = self.critic(trajectory.query_responses[idx], trajectory.attention_mask[idx])[
+                :, q - 1 : -1
+            ].float()
+            stats = core.ppo_losses(
+                logprobs,
+                trajectory.logprobs[idx],
+                advantages[idx],
+                values,
+                trajectory.values[idx],
+                returns[idx],
+                trajectory.mask[idx],
+                s.clip_range,
+                s.clip_range_value,
+            )
+            loss = s.vf_coef * stats.value_loss + (stats.policy_loss if train_policy else 0.0)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"PPO loss is {loss.item()} at step {self.step + 1}; the last checkpoint is "
+                    "kept (lower ppo.learning_rate and rerun with --resume)"
+                )
+            (loss * len(idx) / len(minibatch)).backward()
+            share = len(idx) / len(minibatch)
+            for key, value in (
+                ("policy_loss", stats.policy_loss),
+                ("value_loss", stats.value_loss),
+                ("approxkl", stats.approx_kl),
+                ("clipfrac", stats.clip_fraction),
+                ("value_clipfrac", stats.value_clip_fraction),
+                ("ratio", stats.ratio),
+            ):
+                totals[key] = totals.get(key, 0.0) + value.item() * share
+        for optimizer, model, active in (
+            (self.policy_optimizer, self.policy, train_policy),
+            (self.critic_optimizer, self.critic, True),
+        ):
+            torch.nn.utils.clip_grad_norm_(trainable(model), s.max_grad_norm)
+            if active:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        scores = self.reward(prompts, responses)
+        if self.normalisation is not None:
+            mean, std = self.normalisation
+            scores = [(x - mean) / std for x in scores]
+        if self.settings.score_clip is not None:
+            c = self.settings.score_clip
+            scores = [max(-c, min(c, x)) for x in scores]
+        return scores
+
+    def _next_prompts(self) -> list[str]:
+        while len(self.order) < self.settings.rollouts:
+            self.order += torch.randperm(len(self.prompts), generator=self.generator).tolist()
+        batch, self.order = self.order[: self.settings.rollouts], self.order[self.settings.rollouts :]
+        return [self.prompts[i] for i in batch]
+
+    def _stats(
+        self,
+        t: Trajectory,
+        kl: torch.Tensor,
+        returns: torch.Tensor,
+        update: dict[str, float],
+        beta: float,
+        rollout_seconds: float,
+        update_seconds: float,
+    ) -> dict[str, float]:
+        sequence_kl = kl.sum(1)
+        lengths = t.mask.sum(1)
+        stats = {
+            "score": t.raw_scores.mean().item(),
+            "kl": sequence_kl.mean().item(),
+            "rlhf_reward": (t.scores - beta * sequence_kl).mean().item(),
+            "beta": beta,
+            "entropy": core.masked_mean(t.entropy, t.mask).item(),
+            "explained_variance": core.explained_variance(t.values, returns, t.mask),
+            "response_length": lengths.mean().item(),
+            "eos_rate": t.ended.float().mean().item(),
+            "seconds_rollout": rollout_seconds,
+            "seconds_update": update_seconds,
+            "tokens_per_second": lengths.sum().item() / max(rollout_seconds + update_seconds, 1e-9),
+            **update,
+        }
+        if self.synthetic:
+            stats["gold"] = statistics.fmean(gold_reward(t.prompt_texts, t.response_texts))
+        if self.settings.sample_every and (self.step + 1) % self.settings.sample_every == 0:
+            stats["samples"] = [
+                {"prompt": p[-80:], "response": r}
+                for p, r in zip(t.prompt_texts[:3], t.response_texts[:3], strict=True)
+            ]
+        return stats
+
+    def _log(self, stats: dict[str, Any], board: Any) -> None:
+        record = {"step": self.step, **stats}
+        self.history.append({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        with open(self.writer.logs_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.step % self.settings.log_every == 0:
+            for key, value in stats.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    board.add_scalar(f"ppo/{key}", value, self.step)
+
+    def _summary(self) -> dict[str, Any]:
+        if not self.history:
+            return {"steps": self.step}
+        window = self.history[-10:]
+        summary = {"steps": self.step, "first_score": self.history[0]["score"]}
+        for key in (
+            "score",
+            "kl",
+            "rlhf_reward",
+            "entropy",
+            "eos_rate",
+            "gold",
+            "beta",
+            "approxkl",
+            "clipfrac",
+        ):
+            if key in window[0]:
+                summary[f"final_{key}"] = statistics.fmean(r[key] for r in window)
+        if "gold" in self.history[0]:
+            summary["first_gold"] = self.history[0]["gold"]
+        summary["seconds_rollout"] = sum(r["seconds_rollout"] for r in self.history)
+        summary["seconds_update"] = sum(r["seconds_update"] for r in self.history)
+        return summary
+
+    def _save_checkpoint(self) -> None:
+        """Everything needed to continue bit-for-bit: weights, optimisers, KL state, RNG, prompt order."""
+        root = self.writer.checkpoints_dir
+        final, tmp = root / f"step-{self.step}", root / f".step-{self.step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, model in (("policy", self.policy), ("critic", self.critic)):
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in model.named_parameters() if v.requires_grad},
+                str(tmp / f"{name}.safetensors"),
+            )
+        torch.save(
+            {
+                "policy": self.policy_optimizer.state_dict(),
+                "critic": self.critic_optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "generator": self.generator.get_state(),
+                "order": torch.tensor(self.order, dtype=torch.long),
+            },
+            tmp / "state.pt",
+        )
+        (tmp / "progress.json").write_text(
+            json.dumps({"step": self.step, "kl": self.kl.state_dict(), "history": self.history})
+        )
+        tmp.rename(final)
+        for old in _checkpoints(root)[:-2]:
+            shutil.rmtree(old)
+
+    def _load_checkpoint(self) -> None:
+        checkpoints = _checkpoints(self.writer.checkpoints_dir)
+        if not checkpoints:
+            return
+        latest = checkpoints[-1]
+        for name, model in (("policy", self.policy), ("critic", self.critic)):
+            model.load_state_dict(load_file(str(latest / f"{name}.safetensors")), strict=False)
+        state = torch.load(latest / "state.pt", weights_only=True)
+        self.policy_optimizer.load_state_dict(state["policy"])
+        self.critic_optimizer.load_state_dict(state["critic"])
+        torch.set_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].tolist()
+        progress = json.loads((latest / "progress.json").read_text())
+        self.step, self.history = progress["step"], progress["history"]
+        self.kl.load_state_dict(progress["kl"])
+
+
+def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], dict[str, Any]]:
+    """Rendered prompts; those leaving no room for max_new_tokens in the context are dropped and counted."""
+    data = load_data(config.prompts, "prompts", config.limit)
+    room = context - config.ppo.max_new_tokens
+    texts = [prompt_text(tokenizer, row["prompt"]) for row in data.rows]
+    too_long = {
+        i for i, t in enumerate(texts) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room
+    }
+    data.drop(too_long, f"prompt longer than context - max_new_tokens = {room} tokens")
+    texts = [t for i, t in enumerate(texts) if i not in too_long]
+    if len(texts) < config.ppo.rollouts:
+        raise DataError(
+            f"{config.prompts}: {len(texts)} usable prompts, fewer than ppo.rollouts={config.ppo.rollouts}"
+        )
+    return texts, data.info()
+
+
+def _context_length(model_config: Any) -> int:
+    for name in ("n_positions", "max_position_embeddings"):
+        if getattr(model_config, name, None):
+            return int(getattr(model_config, name))
+    return 2048
+
+
+def _score_statistics(artifact: Any) -> tuple[float, float] | None:
+    if artifact is None or "reward_std" not in artifact.metrics:
+        return None
+    return artifact.metrics["reward_mean"], max(artifact.metrics["reward_std"], 1e-6)
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))

@@ -1,0 +1,170 @@
+"""Reward model: preference pairs -> a scalar reward-model artifact that PPO and eval load.
+
+    align rm --model runs/tiny/sft --data data/synthetic/pairs.jsonl --output runs/tiny/rm
+
+The trunk starts from the given policy (an SFT artifact's LoRA is merged first) with a one-output
+score head, trained by TRL's RewardTrainer with the Bradley-Terry loss. The artifact always holds
+full weights (LoRA merged), so it loads with plain `AutoModelForSequenceClassification`. A tokenizer
+whose pad token is its EOS gets a distinct pad token, so the score is read at the EOS that ends a
+response (GPT-2 pools the last non-pad token).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import datasets
+import torch
+from transformers import AutoModelForSequenceClassification
+from trl import RewardConfig, RewardTrainer
+
+from align import training
+from align.artifacts import Artifact, ArtifactWriter
+from align.chat import encode_prompt_completion, prompt_text
+from align.config import RMConfig, to_dict
+from align.data import Dataset, load_data
+from align.errors import DataError
+from align.evaluate import reward_model_report
+from align.models import load_policy, load_tokenizer, lora_config, record_base, resolve_model
+from align.rewards import RewardModel
+
+PAD = "<|pad|>"
+
+
+def run(config: RMConfig, resume: bool = False) -> Artifact:
+    data = load_data(config.data, "pairs", config.limit)
+    held_out = load_data(config.eval_data, "pairs") if config.eval_data else None
+    source = resolve_model(config.model)
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+    train_rows = tokenize_pairs(data, tokenizer, config.max_length, config.margin)
+    eval_rows = tokenize_pairs(held_out, tokenizer, config.max_length, config.margin) if held_out else None
+    if eval_rows is None and config.eval_fraction > 0:
+        train_rows, eval_rows = split_by_group(train_rows, config.eval_fraction, config.train.seed)
+
+    torch.manual_seed(config.train.seed)
+    model = reward_model_from_policy(load_policy(source, config.trust_remote_code), tokenizer)
+    with ArtifactWriter(config.output, "rm", to_dict(config), resume) as writer:
+        trainer_cls = GroupedRewardTrainer if config.group_rankings else RewardTrainer
+        trainer = trainer_cls(
+            model=model,
+            args=training.trainer_config(
+                RewardConfig,
+                config.train,
+                writer,
+                has_eval=bool(eval_rows),
+                max_length=config.max_length,
+                center_rewards_coefficient=config.center_rewards,
+                remove_unused_columns=False,
+            ),
+            train_dataset=datasets.Dataset.from_list(train_rows),
+            eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+            processing_class=tokenizer,
+            peft_config=lora_config(config.lora, model, "SEQ_CLS") if config.lora.enabled else None,
+            callbacks=training.callbacks(writer),
+        )
+        summary = training.train(trainer, writer, resume)
+        trained = trainer.model.merge_and_unload() if config.lora.enabled else trainer.model
+        scorer = RewardModel(trained, tokenizer)
+        summary.update(reward_model_report(scorer, eval_rows or [], "eval"))
+        train_scores = scorer.score(*_texts(train_rows[:2000]))
+        summary["reward_mean"] = float(torch.tensor(train_scores).mean())
+        summary["reward_std"] = float(torch.tensor(train_scores).std())
+        trained.save_pretrained(str(writer.model_dir))
+        tokenizer.save_pretrained(str(writer.model_dir))
+        writer.data = data.info()
+        if held_out:
+            writer.data["eval"] = held_out.info()
+        writer.metrics = summary
+        writer.extra["model_format"] = "full"
+        record_base(writer, source)
+        return writer.commit()
+
+
+def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:
+    """A one-label sequence classifier sharing the policy's trunk weights; the score head starts at zero."""
+    config = policy.config
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForSequenceClassification.from_config(config)
+    missing, _ = model.load_state_dict(policy.state_dict(), strict=False)
+    if any(not name.startswith("score") for name in missing):
+        raise DataError(
+            f"cannot build a reward model from {config.model_type}: trunk weights {missing[:3]} missing"
+        )
+    torch.nn.init.zeros_(model.score.weight)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def tokenize_pairs(data: Dataset, tokenizer: Any, max_length: int, margin: float) -> list[dict[str, Any]]:
+    """Token ids of prompt+chosen and prompt+rejected (chat-formatted, EOS included) per pair."""
+    rows, too_long = [], set()
+    for index, row in enumerate(data.rows):
+        chosen = encode_prompt_completion(tokenizer, row["prompt"], row["chosen"])["input_ids"]
+        rejected = encode_prompt_completion(tokenizer, row["prompt"], row["rejected"])["input_ids"]
+        if max(len(chosen), len(rejected)) > max_length:
+            too_long.add(index)
+            continue
+        encoded = {
+            "chosen_ids": chosen,
+            "rejected_ids": rejected,
+            "group": row["group"],
+            "prompt_text": prompt_text(tokenizer, row["prompt"]),
+            "chosen_text": row["chosen"][0]["content"] + tokenizer.eos_token,
+            "rejected_text": row["rejected"][0]["content"] + tokenizer.eos_token,
+        }
+        if margin:
+            encoded["margin"] = margin
+        rows.append(encoded)
+    data.drop(too_long, f"longer than max_length={max_length} tokens")
+    if not rows:
+        raise DataError(f"{data.source.name}: every pair is longer than max_length={max_length} tokens")
+    return rows
+
+
+def split_by_group(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out whole groups (a K-way ranking's pairs never straddle train and eval)."""
+    groups = sorted({row["group"] for row in rows})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: max(1, int(len(groups) * fraction))])
+    return [r for r in rows if r["group"] not in held], [r for r in rows if r["group"] in held]
+
+
+def _texts(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    prompts = [r["prompt_text"] for r in rows for _ in (0, 1)]
+    responses = [text for r in rows for text in (r["chosen_text"], r["rejected_text"])]
+    return prompts, responses
+
+
+class GroupedRewardTrainer(RewardTrainer):
+    """Shuffles groups, not pairs: a ranking's C(K, 2) pairs arrive together, as in InstructGPT."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return GroupSampler(dataset["group"], self.args.seed)
+
+
+class GroupSampler(torch.utils.data.Sampler[int]):
+    def __init__(self, groups: list[str], seed: int):
+        self.members: dict[str, list[int]] = {}
+        for index, group in enumerate(groups):
+            self.members.setdefault(group, []).append(index)
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.members.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer each epoch (also when resuming), so the order is reproducible."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.members)
+        random.Random(self.seed + self.epoch).shuffle(order)
+        for group in order:
+            yield from self.members[group]

@@ -1,0 +1,83 @@
+"""Shared fixtures: one micro base model (< 1M parameters, own tokenizer) built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+MICRO_ARCH = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 128}
+
+
+@pytest.fixture(scope="session")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):
+    """Run the CLI in-process; returns the result (exit_code, stdout, stderr)."""
+    from align.cli import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretrain artifact of a micro GPT-2 trained for a few steps on the embedded corpus."""
+    from align.config import ArchSettings, PretrainConfig, TokenizerSettings, TrainSettings
+    from align.stages import pretrain
+
+    output = tmp_path_factory.mktemp("micro") / "pretrain"
+    config = PretrainConfig(
+        data=str(REPO / "data/synthetic/pretrain.jsonl.gz"),
+        output=str(output),
+        block_size=64,
+        tokenizer=TokenizerSettings(vocab_size=512),
+        arch=ArchSettings(**MICRO_ARCH),
+        train=TrainSettings(learning_rate=3e-3, max_steps=30, batch_size=16, logging_steps=5, save_steps=0),
+    )
+    return pretrain.run(config).path
+
+
+@pytest.fixture(scope="session")
+def micro_sft(micro_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The micro base after 150 full fine-tuning steps on the synthetic demonstrations."""
+    output = tmp_path_factory.mktemp("pipeline") / "sft"
+    result = invoke(CliRunner(), "sft", "--recipe", REPO / "recipes/tiny/sft.yaml", "--model", micro_base,
+                    "--data", REPO / "data/synthetic/sft.jsonl", "--output", output, "--max-steps", "150",
+                    "--set", "train.save_steps=0", "--set", "train.logging_steps=25", "--set", "limit=2400")
+    assert result.exit_code == 0, result.output
+    return output
+
+
+@pytest.fixture(scope="session")
+def micro_rm(micro_sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reward model on the micro SFT trunk, trained briefly on the synthetic pairs."""
+    output = tmp_path_factory.mktemp("rm") / "rm"
+    result = invoke(CliRunner(), "rm", "--recipe", REPO / "recipes/tiny/rm.yaml", "--model", micro_sft,
+                    "--output", output, "--max-steps", "120", "--lr", "2e-3", "--set", "limit=1500",
+                    "--set", "train.logging_steps=10", "--set", "train.save_steps=0")
+    assert result.exit_code == 0, result.output
+    return output
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data slices not found at {SHARED_DATA} (set ALIGN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def synthetic_sft_rows(n: int) -> list[dict]:
+    rows = [json.loads(line) for line in (REPO / "data/synthetic/sft.jsonl").read_text().splitlines()[:n]]
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]

@@ -1,0 +1,12 @@
+"""Reward functions the tests hand to online stages as `tests.rewards:NAME`."""
+
+from __future__ import annotations
+
+
+def longer(prompts: list[str], responses: list[str]) -> list[float]:
+    """Far from what SFT taught (short answers), so a working PPO visibly raises it in a few steps."""
+    return [min(len(r.removesuffix("<|endoftext|>")), 40) / 40 for r in responses]
+
+
+def wrong_length(prompts: list[str], responses: list[str]) -> list[float]:
+    return [0.0]

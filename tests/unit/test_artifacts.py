@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from align.artifacts import ArtifactWriter, load_artifact, verify
+from align.errors import ArtifactError
+
+
+def make(output: Path, stage: str = "sft", content: str = "weights", parent=None):
+    with ArtifactWriter(output, stage, {"lr": 1}) as writer:
+        (writer.model_dir).mkdir(parents=True)
+        (writer.model_dir / "w.bin").write_text(content)
+        if parent is not None:
+            writer.add_parent(parent)
+        writer.metrics = {"loss": 1.0}
+        return writer.commit()
+
+
+def test_commit_writes_manifest_with_hashes_and_no_partial(tmp_path: Path) -> None:
+    artifact = make(tmp_path / "run/sft")
+    assert artifact.manifest["files"].keys() == {"model/w.bin"}
+    assert artifact.manifest["libraries"]["torch"]
+    assert not (tmp_path / "run/sft.partial").exists()
+    assert verify(artifact.path) == []
+
+
+def test_verify_detects_a_modified_file(tmp_path: Path) -> None:
+    artifact = make(tmp_path / "sft")
+    (artifact.model_dir / "w.bin").write_text("tampered")
+    assert verify(artifact.path) == ["model/w.bin: modified (sha256 differs from the manifest)"]
+
+
+def test_failed_run_leaves_nothing_and_keeps_the_old_artifact(tmp_path: Path) -> None:
+    make(tmp_path / "sft", content="good")
+    with pytest.raises(RuntimeError), ArtifactWriter(tmp_path / "sft", "sft", {}) as writer:
+        (writer.work_dir / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert not (tmp_path / "sft.partial").exists()
+    assert (load_artifact(tmp_path / "sft").model_dir / "w.bin").read_text() == "good"
+
+
+def test_wrong_stage_missing_and_corrupt_manifests_are_refused(tmp_path: Path) -> None:
+    artifact = make(tmp_path / "sft")
+    with pytest.raises(ArtifactError, match="a 'sft' artifact, but this needs a 'rm' one"):
+        load_artifact(artifact.path, expect_stage="rm")
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        load_artifact(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="manifest.json missing"):
+        load_artifact(tmp_path / "empty")
+    (artifact.path / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="corrupt manifest"):
+        load_artifact(artifact.path)
+
+
+def test_manifest_paths_cannot_escape_the_artifact(tmp_path: Path) -> None:
+    artifact = make(tmp_path / "sft")
+    manifest = json.loads((artifact.path / "manifest.json").read_text())
+    manifest["files"]["../../etc/passwd"] = "0" * 64
+    (artifact.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="points outside the artifact"):
+        load_artifact(artifact.path)
+
+
+def test_parents_are_relative_so_runs_can_move(tmp_path: Path) -> None:
+    base = make(tmp_path / "run/pretrain", stage="pretrain")
+    child = make(tmp_path / "run/sft", parent=base)
+    assert child.manifest["parents"][0]["path"] == "../pretrain"
+    shutil.move(str(tmp_path / "run"), str(tmp_path / "elsewhere"))
+    moved = load_artifact(tmp_path / "elsewhere/sft")
+    assert moved.parent("pretrain").path.resolve() == (tmp_path / "elsewhere/pretrain").resolve()
+    assert verify(moved.path) == []
+
+
+def test_a_partial_directory_is_not_an_artifact(tmp_path: Path) -> None:
+    (tmp_path / "sft.partial").mkdir()
+    with pytest.raises(ArtifactError, match="unfinished run"):
+        load_artifact(tmp_path / "sft.partial")

@@ -1,0 +1,118 @@
+"""Every malformed input exits with code 2 and one line naming what and where, and leaves no artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from align.artifacts import ArtifactWriter
+from tests.conftest import invoke, synthetic_sft_rows, write_jsonl
+
+GOOD_ROW = '{"prompt": "Add 1 and 2.", "completion": "3"}\n'
+
+
+def fake_artifact(path: Path, stage: str) -> Path:
+    with ArtifactWriter(path, stage, {}) as writer:
+        (writer.work_dir / "model").mkdir()
+        (writer.work_dir / "model" / "x").write_text("x")
+        return writer.commit().path
+
+
+CASES = {
+    # name: (data file content or None, extra CLI args, expected message fragment)
+    "missing field": ('{"prompt": "a"}\n', [], "d.jsonl:1: field 'completion' missing (has: prompt)"),
+    "wrong type": ('{"prompt": "a", "completion": ["b"]}\n', [], "d.jsonl:1: field 'completion'"),
+    "bad json line": (GOOD_ROW + "{broken\n", [], "d.jsonl:2: invalid JSON"),
+    "not an object": (GOOD_ROW + "42\n", [], "d.jsonl:2: expected a JSON object, got int"),
+    "empty file": ("", [], "d.jsonl: empty file"),
+    "only blank lines": ("\n\n\n", [], "d.jsonl: empty file"),
+    "all rows empty": ('{"prompt": "a", "completion": " "}\n', [], "no usable sft rows (1 empty completion)"),
+    "unknown role": ('{"messages": [{"role": "robot", "content": "x"}]}\n', [], "unknown role 'robot'"),
+    "missing data path": (None, ["--data", "nope/missing.jsonl"], "nope/missing.jsonl: no such file"),
+    "unsupported type": (None, ["--data", "{tmp}/d.xml"], "unsupported file type"),
+    "missing model": (GOOD_ROW, ["--model", "./no/such/model"], "no such model directory or artifact"),
+    "wrong artifact kind": (GOOD_ROW, ["--model", "{rm}"], "a 'rm' artifact, but this needs a"),
+    "unfinished run as model": (GOOD_ROW, ["--model", "{partial}"], "an unfinished run"),
+    "unknown recipe key": (GOOD_ROW, ["--set", "train.lerning_rate=1"], "did you mean 'learning_rate'"),
+    "unknown trainer key": (
+        GOOD_ROW,
+        ["--set", "train.trainer={warmup_stepz: 3}"],
+        "did you mean 'warmup_steps'",
+    ),
+    "negative lr": (GOOD_ROW, ["--lr", "-0.1"], "train.learning_rate must be > 0"),
+    "lora rank 0": (GOOD_ROW, ["--lora-r", "0"], "lora.r must be >= 1"),
+    "missing recipe": (
+        GOOD_ROW,
+        ["--recipe", "no_such_recipe.yaml"],
+        "no_such_recipe.yaml: recipe file not found",
+    ),
+    "invalid recipe yaml": (GOOD_ROW, ["--recipe", "{tmp}/bad.yaml"], "bad.yaml:2: invalid YAML"),
+    "all rows too long": (GOOD_ROW, ["--set", "max_length=8"], "every row is longer than max_length=8"),
+    "non utf-8 bytes": (b'{"prompt": "\xfe", "completion": "b"}\n', [], "d.jsonl:1: not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_exits_2_with_one_line(runner, micro_base: Path, tmp_path: Path, name: str) -> None:
+    content, extra, expected = CASES[name]
+    data = tmp_path / "d.jsonl"
+    if isinstance(content, bytes):
+        data.write_bytes(content)
+    elif content is not None:
+        data.write_text(content)
+    (tmp_path / "d.xml").write_text("<x/>")
+    (tmp_path / "bad.yaml").write_text("model: a\ntrain: [unclosed\n")
+    (tmp_path / "sft.partial").mkdir(exist_ok=True)
+    rm = fake_artifact(tmp_path / "rm", "rm") if "{rm}" in extra else ""
+    substitutions = {"{tmp}": str(tmp_path), "{rm}": str(rm), "{partial}": str(tmp_path / "sft.partial")}
+    extra = [_substitute(arg, substitutions) for arg in extra]
+    args = [
+        "sft",
+        "--model",
+        str(micro_base),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "out"),
+        "--max-steps",
+        "2",
+        *extra,
+    ]
+    result = invoke(runner, *args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def _substitute(arg: str, substitutions: dict[str, str]) -> str:
+    for key, value in substitutions.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def test_a_failed_rerun_keeps_the_existing_artifact(runner, micro_base: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(50))
+    common = [
+        "sft",
+        "--model",
+        micro_base,
+        "--output",
+        tmp_path / "out",
+        "--max-steps",
+        "2",
+        "--set",
+        "train.save_steps=0",
+    ]
+    assert invoke(runner, *common, "--data", data).exit_code == 0
+    before = (tmp_path / "out" / "manifest.json").read_text()
+    assert invoke(runner, *common, "--data", tmp_path / "missing.jsonl").exit_code == 2
+    assert (tmp_path / "out" / "manifest.json").read_text() == before
+
+
+def test_eval_and_show_refuse_bad_paths(runner, tmp_path: Path) -> None:
+    for args in (["show", tmp_path], ["verify", tmp_path / "x"], ["eval", "--model", "./nowhere"]):
+        result = invoke(runner, *args)
+        assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output

@@ -1,0 +1,98 @@
+"""`align ppo` on micro models: the first-minibatch sanity check, reward goes up, resume, layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from align.artifacts import load_artifact
+from align.models import load_policy, resolve_model
+from tests.conftest import REPO, invoke
+
+PROMPTS = REPO / "data/synthetic/ppo.jsonl"
+
+
+def ppo_args(micro_sft: Path, output: Path, *extra: str) -> list:
+    return ["ppo", "--model", micro_sft, "--prompts", PROMPTS, "--output", output, "--set", "ppo.rollouts=16",
+            "--set", "ppo.mini_batch_size=8", "--set", "ppo.micro_batch_size=4", "--set", "ppo.max_new_tokens=12",
+            "--set", "ppo.ppo_epochs=2", "--set", "ppo.save_every=0", "--set", "ppo.sample_every=0", *extra]
+
+
+def history(artifact_path: Path) -> list[dict]:
+    lines = (artifact_path / "logs/metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_first_minibatch_ratio_is_one_and_rm_critic_shares_the_trunk(runner, micro_sft: Path, micro_rm: Path,
+                                                                      tmp_path: Path) -> None:
+    result = invoke(runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward-model", micro_rm, "--steps", "3"))
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(tmp_path / "ppo", expect_stage="ppo")
+    assert artifact.metrics["critic"] == "rm_lora"
+    assert {p["stage"] for p in artifact.manifest["parents"]} == {"sft", "rm"}
+    for step in history(artifact.path):
+        # catches position-id, dropout, temperature and padding mismatches between rollout and update
+        assert step["first_ratio"] == pytest.approx(1.0, abs=1e-5)
+        assert step["first_approxkl"] == pytest.approx(0.0, abs=1e-6)
+        assert step["first_clipfrac"] == 0.0
+        assert 0.0 <= step["eos_rate"] <= 1.0 and "gold" in step
+    assert history(artifact.path)[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # policy starts as the reference
+    lora_params = artifact.metrics["trainable_policy_parameters"]
+    total = sum(p.numel() for p in load_policy(resolve_model(str(micro_sft))).parameters())
+    assert lora_params < total / 2  # the reference is the same weights with adapters off, not a copy
+
+
+def test_ppo_raises_the_reward_and_reloads_as_a_policy(runner, micro_sft: Path, tmp_path: Path) -> None:
+    result = invoke(runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward", "tests.rewards:longer", "--steps", "25",
+                                      "--lr", "3e-3", "--set", "ppo.kl_coef=0.01", "--set", "ppo.missing_eos_penalty=null"))
+    assert result.exit_code == 0, result.output
+    steps = history(tmp_path / "ppo")
+    first = sum(s["score"] for s in steps[:5]) / 5
+    last = sum(s["score"] for s in steps[-5:]) / 5
+    assert last > first + 0.05, (first, last)
+    assert steps[-1]["kl"] > steps[0]["kl"]
+    assert load_artifact(tmp_path / "ppo").metrics["critic"] == "policy_copy"
+    policy = load_policy(resolve_model(str(tmp_path / "ppo")))  # SFT merged, then the PPO adapter
+    assert policy.config.model_type == "gpt2"
+
+
+def test_resume_continues_bit_for_bit(runner, micro_sft: Path, tmp_path: Path, monkeypatch) -> None:
+    from align.stages.ppo import trainer
+
+    common = ["--reward", "align.data.synthetic:gold_reward", "--steps", "4", "--full", "--set", "ppo.save_every=2"]
+    assert invoke(runner, *ppo_args(micro_sft, tmp_path / "straight", *common)).exit_code == 0
+
+    original = trainer.PPOLoop.iteration
+
+    def crash_on_third(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(trainer.PPOLoop, "iteration", crash_on_third)
+    assert invoke(runner, *ppo_args(micro_sft, tmp_path / "resumed", *common)).exit_code == 130
+    assert (tmp_path / "resumed.partial/checkpoints/step-2").is_dir() and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(trainer.PPOLoop, "iteration", original)
+    result = invoke(runner, *ppo_args(micro_sft, tmp_path / "resumed", *common), "--resume")
+    assert result.exit_code == 0, result.output
+    straight, resumed = history(tmp_path / "straight"), history(tmp_path / "resumed")
+    assert [s["step"] for s in resumed] == [1, 2, 3, 4]
+    for key in ("score", "kl", "policy_loss", "value_loss", "first_ratio"):
+        assert resumed[-1][key] == straight[-1][key], key  # CPU: bit-for-bit
+
+
+def test_bad_ppo_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path) -> None:
+    cases = [
+        ([], "give exactly one of --reward-model ARTIFACT or --reward module:function"),
+        (["--reward-model", micro_sft], "a 'sft' artifact, but this needs a 'rm' one"),
+        (["--reward", "tests.rewards:nope"], "has no attribute 'nope'"),
+        (["--reward", "tests.rewards:wrong_length", "--steps", "1"], "returned list of length 1, expected 16"),
+        (["--reward-model", micro_rm, "--set", "ppo.kl_coef=-1"], "kl_coef (beta) must be >= 0"),
+        (["--reward-model", micro_rm, "--set", "ppo.rollouts=10"], "multiple of ppo.mini_batch_size"),
+    ]
+    for extra, message in cases:
+        result = invoke(runner, *ppo_args(micro_sft, tmp_path / "out", *extra))
+        assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs/tiny
 
-.PHONY: setup test lint demo pretrain sft synth clean-runs
+.PHONY: setup test lint demo pretrain sft rm ppo results synth clean-runs
 
 setup: $(STAMP)
 
@@ -34,6 +34,17 @@ pretrain: setup
 
 sft: setup
 	$(BIN)/align sft --recipe recipes/tiny/sft.yaml
+
+rm: setup
+	$(BIN)/align rm --recipe recipes/tiny/rm.yaml
+
+ppo: setup
+	$(BIN)/align ppo --recipe recipes/tiny/ppo.yaml
+
+# Multi-seed studies (tens of minutes): JSON under results/, quoted in the README and issues.
+results: setup
+	test -d $(RUNS)/rm || $(MAKE) demo
+	$(BIN)/python bench/study_ppo.py --runs $(RUNS) --out results/ppo.json
 
 clean-runs:
 	rm -rf $(RUNS)

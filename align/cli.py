@@ -292,38 +292,144 @@ def ppo(
     _stage("align.stages.ppo:run", "PPOConfig", recipe, flags, sets, resume)
 
 
+@app.command()
+def dpo(
+    recipe: Recipe = None,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    resume: Resume = False,
+    lr: LearningRate = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    beta: Annotated[
+        float | None, typer.Option(help="DPO beta: strength of the pull to the reference.")
+    ] = None,
+    loss_type: Annotated[str | None, typer.Option(help="sigmoid (DPO), ipo, hinge, robust, ...")] = None,
+    lora: Annotated[
+        bool | None, typer.Option("--lora/--full", help="LoRA (reference = adapters off) or full.")
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option(help="Held-out pairs; default: eval_fraction of --data.")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Longest pair in tokens; longer pairs are dropped.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code", help="Allow hub model code.")
+    ] = None,
+    sets: Sets = None,
+) -> None:
+    """Direct preference optimisation of the SFT policy on preference pairs."""
+    flags = {
+        "model": model,
+        "data": data,
+        "output": output,
+        "eval_data": eval_data,
+        "max_length": max_length,
+        "beta": beta,
+        "loss_type": loss_type,
+        "trust_remote_code": trust_remote_code,
+        "lora.enabled": lora,
+        **_train_flags(lr, max_steps, epochs, batch_size, seed),
+    }
+    _stage("align.stages.dpo:run", "DPOConfig", recipe, flags, sets, resume)
+
+
+def _online_command(stage: str, config_cls: str, summary: str) -> Callable[..., None]:
+    def command(
+        recipe: Recipe = None,
+        model: Model = None,
+        output: Output = None,
+        resume: Resume = False,
+        reward_model: Annotated[str | None, typer.Option(help="Reward-model artifact.")] = None,
+        reward: Annotated[
+            str | None, typer.Option(help="Python reward `module:function` instead of an RM.")
+        ] = None,
+        prompts: Annotated[
+            str | None, typer.Option(help="Prompts file (a pairs or sft file also serves).")
+        ] = None,
+        num_generations: Annotated[int | None, typer.Option(help="Responses sampled per prompt.")] = None,
+        beta: Annotated[float | None, typer.Option(help="KL coefficient to the reference.")] = None,
+        lr: LearningRate = None,
+        max_steps: MaxSteps = None,
+        batch_size: BatchSize = None,
+        seed: Seed = None,
+        lora: Annotated[
+            bool | None, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")
+        ] = None,
+        sets: Sets = None,
+    ) -> None:
+        flags = {
+            "model": model,
+            "output": output,
+            "reward_model": reward_model,
+            "reward": reward,
+            "prompts": prompts,
+            "num_generations": num_generations,
+            "beta": beta,
+            "lora.enabled": lora,
+            **_train_flags(lr, max_steps, None, batch_size, seed),
+        }
+        _stage(f"align.stages.{stage}:run", config_cls, recipe, flags, sets, resume)
+
+    command.__doc__ = summary
+    return command
+
+
+app.command("grpo")(
+    _online_command(
+        "grpo", "GRPOConfig", "GRPO (group-relative, no critic) against an RM or a reward function."
+    )
+)
+app.command("rloo")(
+    _online_command(
+        "rloo", "RLOOConfig", "RLOO (leave-one-out baseline, no critic) against an RM or a reward function."
+    )
+)
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option(help="Policy artifact, model directory or hub id.")],
     prompts: Annotated[
-        str | None, typer.Option(help="Held-out prompts (default: the synthetic eval set).")
+        str | None, typer.Option(help="Held-out prompts (default: synthetic eval set).")
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N prompts.")] = None,
     temperature: Annotated[
-        float | None, typer.Option(help="Sampling temperature for the headline score.")
+        float | None, typer.Option(help="Sampling temperature of the headline score.")
     ] = None,
+    reward_model: Annotated[
+        str | None, typer.Option(help="Also report this RM's score of the responses.")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="KL reference (default: the SFT parent).")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
     recipe: Recipe = None,
     sets: Sets = None,
 ) -> None:
-    """Gold score of a policy on held-out synthetic prompts (sampled at T=0.7 and greedy, per family)."""
+    """Gold score (sampled at T=0.7 and greedy, per family), RM score and KL to the SFT policy."""
 
     def action() -> None:
         from align.config import EvalConfig, build_config
 
-        cfg = build_config(
-            EvalConfig,
-            recipe,
-            {"model": model, "prompts": prompts, "limit": limit, "temperature": temperature},
-            sets,
-        )
+        flags = {
+            "model": model,
+            "prompts": prompts,
+            "limit": limit,
+            "temperature": temperature,
+            "reward_model": reward_model,
+            "reference": reference,
+        }
+        cfg = build_config(EvalConfig, recipe, flags, sets)
         _quiet_libraries()
         from align.evaluate import run
 
         results = run(cfg)
-        _print_gold(model, results)
+        _print_results(model, results)
         if json_out:
             json_out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -419,18 +525,25 @@ def data_synth(
     _handle(action)
 
 
-def _print_gold(model: str, results: dict[str, Any]) -> None:
-    table = Table("decoding", "gold", "±95%", "EOS rate", *results["gold_sampled_by_family"], title=model)
+def _print_results(model: str, results: dict[str, Any]) -> None:
+    families = list(results.get("gold_sampled_by_family", {}))
+    table = Table("decoding", "gold", "±95%", "RM score", "EOS rate", *families, title=model)
     for name in ("sampled", "greedy"):
-        if f"gold_{name}" in results:
-            table.add_row(
-                name,
-                f"{results[f'gold_{name}']:.3f}",
-                f"{results[f'gold_{name}_ci95']:.3f}",
-                f"{results[f'eos_rate_{name}']:.2f}",
-                *(f"{v:.2f}" for v in results[f"gold_{name}_by_family"].values()),
-            )
-    Console().print(table)
+        if f"eos_rate_{name}" not in results:
+            continue
+        gold = results.get(f"gold_{name}")
+        table.add_row(
+            name,
+            "-" if gold is None else f"{gold:.3f}",
+            "-" if gold is None else f"{results[f'gold_{name}_ci95']:.3f}",
+            f"{results[f'rm_score_{name}']:.3f}" if f"rm_score_{name}" in results else "-",
+            f"{results[f'eos_rate_{name}']:.2f}",
+            *(f"{v:.2f}" for v in results.get(f"gold_{name}_by_family", {}).values()),
+        )
+    console = Console()
+    console.print(table)
+    if "kl_to_reference" in results:
+        console.print(f"KL to {results['reference']}: {results['kl_to_reference']:.3f} nats per response")
 
 
 def main() -> None:  # pragma: no cover - console entry point

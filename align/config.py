@@ -133,6 +133,88 @@ class RMConfig:
 
 
 @dataclass
+class DPOConfig:
+    """`align dpo`: the SFT policy trained directly on preference pairs (DPO and its variants)."""
+
+    model: str = ""  # SFT artifact: the starting policy and the reference
+    data: str = ""
+    output: str = ""
+    eval_data: str | None = None
+    eval_fraction: float = 0.1
+    limit: int | None = None
+    max_length: int = 512  # longer pairs are dropped and counted
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid (DPO), ipo, hinge, robust, ... (any TRL DPO loss)
+    label_smoothing: float = 0.0  # robust DPO: the assumed label-flip rate
+    sft_weight: float = 0.0  # add the SFT loss on chosen answers with this weight (RPO)
+    precompute_ref_log_probs: bool = False
+    trust_remote_code: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def validate(self) -> None:
+        _require_paths(self, "model", "data", "output")
+        _require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
+        _require(self.max_length >= 8, "max_length must be >= 8")
+        _require(self.beta > 0, "beta must be > 0")
+        _require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
+        _require(self.sft_weight >= 0, "sft_weight must be >= 0")
+        if self.lora.enabled:
+            self.lora.validate()
+        self.train.validate()
+
+
+@dataclass
+class OnlineConfig:
+    """Critic-free online RL through TRL (GRPO, RLOO): sample groups of responses, reward them, update."""
+
+    model: str = ""  # SFT artifact
+    reward_model: str | None = None
+    reward: str | None = None  # Python reward `module:function`
+    prompts: str = ""
+    output: str = ""
+    limit: int | None = None
+    num_generations: int = 4  # responses per prompt (the group the baseline comes from)
+    max_new_tokens: int = 24
+    temperature: float = 0.7
+    beta: float = 0.05  # KL coefficient to the reference
+    trust_remote_code: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def validate(self) -> None:
+        _require_paths(self, "model", "prompts", "output")
+        _require(
+            (self.reward_model is None) != (self.reward is None),
+            "give exactly one of --reward-model ARTIFACT or --reward module:function",
+        )
+        _require(
+            self.num_generations >= 2, "num_generations must be >= 2 (the baseline comes from the group)"
+        )
+        _require(
+            self.train.batch_size % self.num_generations == 0,
+            "train.batch_size must be a multiple of num_generations",
+        )
+        _require(
+            self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1"
+        )
+        _require(self.beta >= 0, "beta must be >= 0")
+        if self.lora.enabled:
+            self.lora.validate()
+        self.train.validate()
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """`align grpo`: group-relative policy optimisation (TRL GRPOTrainer)."""
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """`align rloo`: REINFORCE leave-one-out (TRL RLOOTrainer)."""
+
+
+@dataclass
 class PPOSettings:
     """PPO-RLHF hyper-parameters (names and defaults follow Huang et al.'s reference implementation)."""
 
@@ -276,11 +358,13 @@ class PretrainConfig:
 
 @dataclass
 class EvalConfig:
-    """`align eval`: gold score of one policy on held-out synthetic prompts."""
+    """`align eval`: gold score, RM score and KL of a policy on held-out prompts."""
 
     model: str = ""
     prompts: str = "data/synthetic/eval.jsonl"
-    limit: int | None = 1000
+    reward_model: str | None = None  # also report the RM's mean score of the responses
+    reference: str | None = None  # KL reference; default: the SFT parent of a PPO/DPO artifact
+    limit: int | None = 1200
     temperature: float = 0.7
     greedy: bool = True  # also report greedy decoding beside sampling
     max_new_tokens: int = 32

@@ -1,10 +1,12 @@
-"""Evaluation of a policy on held-out synthetic prompts: the gold score, sampled and greedy.
+"""Evaluation of a policy on held-out prompts: gold score (synthetic tasks), RM score, KL to a reference.
 
-    align eval --model runs/tiny/sft
+    align eval --model runs/tiny/ppo --reward-model runs/tiny/rm
 
 The headline figure is the mean gold reward of responses sampled at T=0.7 (greedy decoding hides
 flaws that sampling shows), with a 95 % confidence interval, per task family, plus EOS rate and length.
-Figures are stored in the artifact's manifest metrics under keys starting with `gold`.
+Figures are stored in the artifact's manifest metrics (`gold_*`, `rm_score_*`, `kl_to_reference`). The
+KL is the summed per-token log-ratio of the policy's own samples at the evaluation temperature,
+against `--reference` or, for a PPO/DPO artifact, the SFT policy it started from.
 """
 
 from __future__ import annotations
@@ -14,34 +16,70 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from align.artifacts import is_artifact, update_metrics
+from align.artifacts import update_metrics
 from align.chat import prompt_text
 from align.config import EvalConfig
 from align.data import load_data
 from align.data.synthetic import family_of, gold_reward
-from align.generation import Sampling, generate
-from align.models import load_policy, load_tokenizer, pick_device, resolve_model
+from align.generation import Sampling, decode_response, generate_ids, sequence_kl
+from align.models import ModelSource, load_policy, load_tokenizer, pick_device, resolve_model
+from align.rewards import RewardModel
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
-    prompts = [row["prompt"] for row in load_data(config.prompts, "prompts", config.limit).rows]
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
-    model = load_policy(source).to(pick_device())
-    rendered = [prompt_text(tokenizer, p) for p in prompts]
+    device = pick_device()
+    model = load_policy(source).to(device)
+    prompts = [
+        prompt_text(tokenizer, row["prompt"])
+        for row in load_data(config.prompts, "prompts", config.limit).rows
+    ]
+    synthetic = all(family_of(p) != "unknown" for p in prompts)
+    scorer = RewardModel.load(config.reward_model, device=device) if config.reward_model else None
+    reference = _reference(config, source)
     decodings = {"sampled": Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)}
     if config.greedy:
         decodings["greedy"] = Sampling(temperature=None, max_new_tokens=config.max_new_tokens)
     results: dict[str, Any] = {"prompts": len(prompts), "temperature": config.temperature}
     for name, sampling in decodings.items():
-        responses = generate(model, tokenizer, prompts, sampling, config.batch_size, config.seed)
-        results.update(gold_summary(name, rendered, responses, tokenizer.eos_token))
-    if config.write_manifest and source.artifact is not None and is_artifact(source.artifact.path):
+        ids = generate_ids(model, tokenizer, prompts, sampling, config.batch_size, config.seed)
+        responses = [decode_response(tokenizer, row) for row in ids]
+        results.update(response_summary(name, responses, tokenizer.eos_token))
+        if synthetic:
+            results.update(gold_summary(name, prompts, responses))
+        if scorer is not None:
+            results[f"rm_score_{name}"] = statistics.fmean(scorer.score(prompts, responses))
+        if reference is not None and name == "sampled":
+            reference_model = load_policy(reference).to(device)
+            kls = sequence_kl(
+                model, reference_model, tokenizer, prompts, ids, config.temperature, config.batch_size
+            )
+            results["kl_to_reference"] = statistics.fmean(kls)
+            results["reference"] = reference.name
+    if config.write_manifest and source.artifact is not None:
         update_metrics(source.artifact, results)
     return results
 
 
-def gold_summary(name: str, prompts: list[str], responses: list[str], eos: str) -> dict[str, Any]:
+def _reference(config: EvalConfig, source: ModelSource) -> ModelSource | None:
+    """The explicit reference, else the SFT policy an aligned artifact started from."""
+    if config.reference:
+        return resolve_model(config.reference)
+    if source.artifact is not None and source.artifact.stage in ("ppo", "dpo", "grpo", "rloo"):
+        parent = source.artifact.parent("sft")
+        return ModelSource(str(parent.path), parent) if parent else None
+    return None
+
+
+def response_summary(name: str, responses: list[str], eos: str) -> dict[str, float]:
+    return {
+        f"eos_rate_{name}": statistics.fmean(r.endswith(eos) for r in responses),
+        f"response_chars_{name}": statistics.fmean(len(r) for r in responses),
+    }
+
+
+def gold_summary(name: str, prompts: list[str], responses: list[str]) -> dict[str, Any]:
     scores = gold_reward(prompts, responses)
     by_family: dict[str, list[float]] = defaultdict(list)
     for prompt, score in zip(prompts, scores, strict=True):
@@ -50,8 +88,6 @@ def gold_summary(name: str, prompts: list[str], responses: list[str], eos: str) 
         f"gold_{name}": statistics.fmean(scores),
         f"gold_{name}_ci95": 1.96 * statistics.pstdev(scores) / math.sqrt(len(scores)),
         f"gold_{name}_by_family": {f: round(statistics.fmean(s), 4) for f, s in sorted(by_family.items())},
-        f"eos_rate_{name}": statistics.fmean(r.endswith(eos) for r in responses),
-        f"response_chars_{name}": statistics.fmean(len(r) for r in responses),
     }
 
 

@@ -38,6 +38,30 @@ class Sampling:
 
 
 @torch.no_grad()
+def generate_ids(
+    model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling, batch_size: int = 64, seed: int = 0
+) -> list[list[int]]:
+    """Response token ids for rendered prompts, each cut after its first EOS (kept). Deterministic per seed."""
+    torch.manual_seed(seed)
+    model.eval()
+    device = next(model.parameters()).device
+    config = sampling.generation_config(tokenizer)
+    responses: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(
+            prompts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(device)
+        output = model.generate(**batch, generation_config=config)
+        for row in output[:, batch["input_ids"].shape[1] :].tolist():
+            cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            responses.append(row[:cut])
+    return responses
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -46,26 +70,71 @@ def generate(
     batch_size: int = 64,
     seed: int = 0,
 ) -> list[str]:
-    """Responses to chat prompts, in order. Deterministic for a given seed."""
-    torch.manual_seed(seed)
-    model.eval()
-    device = next(model.parameters()).device
-    texts = [prompt_text(tokenizer, p) for p in prompts]
-    config = sampling.generation_config(tokenizer)
-    responses: list[str] = []
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
-            output = model.generate(**batch, generation_config=config)
-            completions = output[:, batch["input_ids"].shape[1] :]
-            responses.extend(decode_response(tokenizer, row) for row in completions.tolist())
-    finally:
-        tokenizer.padding_side = padding_side
-    return responses
+    """Responses to chat prompts, in order, as text (see `decode_response`)."""
+    rendered = [prompt_text(tokenizer, p) for p in prompts]
+    ids = generate_ids(model, tokenizer, rendered, sampling, batch_size, seed)
+    return [decode_response(tokenizer, row) for row in ids]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def response_logprobs(
+    model: Any,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    query_length: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each response token and the entropy at each response position.  -> [B, T], [B, T]"""
+    logits = model(
+        input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).logits
+    logits = logits[:, query_length - 1 : -1].float() / temperature
+    all_logprobs = torch.log_softmax(logits, dim=-1)
+    responses = query_responses[:, query_length:]
+    logprobs = all_logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def sequence_kl(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    responses: list[list[int]],
+    temperature: float,
+    batch_size: int = 64,
+) -> list[float]:
+    """Summed per-token log-ratio log pi(y|x) - log pi_ref(y|x) of each sampled response (the KL estimate
+    every method is compared with: the policy's own samples, at the evaluation temperature)."""
+    device = next(policy.parameters()).device
+    kls: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        queries = tokenizer(
+            prompts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(device)
+        rows = responses[start : start + batch_size]
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, device=device)
+        mask = torch.zeros((len(rows), width), device=device)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, device=device)
+            mask[i, : len(row)] = 1.0
+        query_responses = torch.cat([queries["input_ids"], ids], dim=1)
+        attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
+        q = queries["input_ids"].shape[1]
+        logprobs, _ = response_logprobs(policy, query_responses, attention, q, temperature)
+        ref_logprobs, _ = response_logprobs(reference, query_responses, attention, q, temperature)
+        kls.extend(((logprobs - ref_logprobs) * mask).sum(1).tolist())
+    return kls
 
 
 def decode_response(tokenizer: Any, token_ids: list[int]) -> str:

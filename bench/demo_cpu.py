@@ -2,9 +2,10 @@
 
     python bench/demo_cpu.py [--runs runs/tiny]
 
-Prints the artifact paths, a gold-score table of every policy on the held-out prompts, and one JSON
-line: {"bench": "demo_cpu", "machine": ..., "seconds": {stage: s}, "total_seconds", "budget_seconds",
-"ratio": total / budget, "gold": {...}}. The budget is the 10-minute target for the whole pipeline.
+Prints the artifact paths, a table of every policy on the held-out prompts (gold score sampled and
+greedy, RM score, KL to the SFT policy), and one JSON line: {"bench": "demo_cpu", "machine", "seconds":
+{stage: s}, "total_seconds", "budget_seconds", "ratio": total / budget, "figures"}. The budget is the
+10-minute target for the whole pipeline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 BUDGET_SECONDS = 600
 ALIGN = [sys.executable, "-m", "align.cli"]
+POLICIES = ("pretrain", "sft", "ppo")
 
 
 def stage(name: str, args: list[str], seconds: dict[str, float]) -> None:
@@ -36,46 +38,51 @@ def main() -> None:
     args = parser.parse_args()
     runs = Path(args.runs)
     seconds: dict[str, float] = {}
-    out = ["--output"]
-    stage(
-        "pretrain",
-        ["pretrain", "--recipe", "recipes/tiny/pretrain.yaml", *out, str(runs / "pretrain")],
-        seconds,
-    )
-    stage(
-        "sft",
-        [
-            "sft",
-            "--recipe",
-            "recipes/tiny/sft.yaml",
-            "--model",
-            str(runs / "pretrain"),
-            *out,
-            str(runs / "sft"),
-        ],
-        seconds,
-    )
-    gold = {}
-    for policy in ("pretrain", "sft"):
+    for name, extra in (
+        ("pretrain", []),
+        ("sft", ["--model", runs / "pretrain"]),
+        ("rm", ["--model", runs / "sft"]),
+        ("ppo", ["--model", runs / "sft", "--reward-model", runs / "rm"]),
+    ):
+        stage(
+            name,
+            [name, "--recipe", f"recipes/tiny/{name}.yaml", *map(str, extra), "--output", str(runs / name)],
+            seconds,
+        )
+    figures = {}
+    for policy in POLICIES:
         report = runs / f"eval-{policy}.json"
         stage(
             f"eval_{policy}",
-            ["eval", "--model", str(runs / policy), "--limit", str(args.eval_limit), "--json", str(report)],
+            [
+                "eval",
+                "--model",
+                str(runs / policy),
+                "--reward-model",
+                str(runs / "rm"),
+                "--limit",
+                str(args.eval_limit),
+                "--json",
+                str(report),
+            ],
             seconds,
         )
-        figures = json.loads(report.read_text())
-        gold[policy] = {
-            "sampled": round(figures["gold_sampled"], 4),
-            "greedy": round(figures["gold_greedy"], 4),
-            "by_family_sampled": figures["gold_sampled_by_family"],
+        figures[policy] = {
+            k: round(v, 4)
+            for k, v in json.loads(report.read_text()).items()
+            if k in ("gold_sampled", "gold_greedy", "rm_score_sampled", "kl_to_reference")
         }
     total = round(sum(seconds.values()), 1)
-    print("\nartifacts:")
-    for policy in ("pretrain", "sft"):
+    print(
+        f"\n{'policy':10s} {'gold (T=0.7)':>12s} {'gold greedy':>12s} {'RM score':>9s} {'KL to SFT':>10s}  artifact"
+    )
+    for policy, f in figures.items():
+        kl = f"{f['kl_to_reference']:.2f}" if "kl_to_reference" in f else "-"
         print(
-            f"  {policy:9s} {runs / policy}   gold sampled {gold[policy]['sampled']:.3f}  "
-            f"greedy {gold[policy]['greedy']:.3f}"
+            f"{policy:10s} {f['gold_sampled']:12.3f} {f['gold_greedy']:12.3f} {f['rm_score_sampled']:9.3f} "
+            f"{kl:>10s}  {runs / policy}"
         )
+    print(f"reward model: {runs / 'rm'}   (align show {runs / 'rm'})")
     print(
         json.dumps(
             {
@@ -85,7 +92,7 @@ def main() -> None:
                 "total_seconds": total,
                 "budget_seconds": BUDGET_SECONDS,
                 "ratio": round(total / BUDGET_SECONDS, 3),
-                "gold": gold,
+                "figures": figures,
             }
         )
     )

@@ -48,9 +48,26 @@ def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def micro_sft(micro_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The micro base after 150 full fine-tuning steps on the synthetic demonstrations."""
     output = tmp_path_factory.mktemp("pipeline") / "sft"
-    result = invoke(CliRunner(), "sft", "--recipe", REPO / "recipes/tiny/sft.yaml", "--model", micro_base,
-                    "--data", REPO / "data/synthetic/sft.jsonl", "--output", output, "--max-steps", "150",
-                    "--set", "train.save_steps=0", "--set", "train.logging_steps=25", "--set", "limit=2400")
+    result = invoke(
+        CliRunner(),
+        "sft",
+        "--recipe",
+        REPO / "recipes/tiny/sft.yaml",
+        "--model",
+        micro_base,
+        "--data",
+        REPO / "data/synthetic/sft.jsonl",
+        "--output",
+        output,
+        "--max-steps",
+        "150",
+        "--set",
+        "train.save_steps=0",
+        "--set",
+        "train.logging_steps=25",
+        "--set",
+        "limit=2400",
+    )
     assert result.exit_code == 0, result.output
     return output
 
@@ -59,9 +76,26 @@ def micro_sft(micro_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def micro_rm(micro_sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reward model on the micro SFT trunk, trained briefly on the synthetic pairs."""
     output = tmp_path_factory.mktemp("rm") / "rm"
-    result = invoke(CliRunner(), "rm", "--recipe", REPO / "recipes/tiny/rm.yaml", "--model", micro_sft,
-                    "--output", output, "--max-steps", "120", "--lr", "2e-3", "--set", "limit=1500",
-                    "--set", "train.logging_steps=10", "--set", "train.save_steps=0")
+    result = invoke(
+        CliRunner(),
+        "rm",
+        "--recipe",
+        REPO / "recipes/tiny/rm.yaml",
+        "--model",
+        micro_sft,
+        "--output",
+        output,
+        "--max-steps",
+        "120",
+        "--lr",
+        "2e-3",
+        "--set",
+        "limit=1500",
+        "--set",
+        "train.logging_steps=10",
+        "--set",
+        "train.save_steps=0",
+    )
     assert result.exit_code == 0, result.output
     return output
 

@@ -197,7 +197,7 @@ class SynthSettings:
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     pretrain_docs: int = 6000
     sft: int = 4800
-    pairs: int = 3000
+    pairs: int = 6000
     rankings: int = 300  # K-way ranking rows (K = 3, distinct gold), expanded into 3 pairs each by the loader
     ppo_prompts: int = 1800
     eval_prompts: int = 1200
@@ -220,11 +220,17 @@ class SynthSettings:
 
 
 def generate(settings: SynthSettings) -> dict[str, list[dict[str, Any]]]:
-    """All the data sets, with prompts disjoint between sft, pairs, ppo and eval."""
-    rng = random.Random(settings.seed)
+    """All the data sets, with prompts disjoint between eval, sft, pairs and ppo.
+
+    Each set draws from its own random stream, so resizing one set leaves the others unchanged
+    (except that later prompt sets avoid the prompts earlier ones took).
+    """
     used: set[str] = set()
 
-    def fresh_tasks(n: int) -> list[Task]:
+    def stream(name: str) -> random.Random:
+        return random.Random(f"{settings.seed}:{name}")
+
+    def fresh_tasks(n: int, rng: random.Random) -> list[Task]:
         tasks, attempts = [], 0
         while len(tasks) < n:
             attempts += 1
@@ -236,15 +242,19 @@ def generate(settings: SynthSettings) -> dict[str, list[dict[str, Any]]]:
                 tasks.append(task)
         return tasks
 
-    eval_tasks = fresh_tasks(settings.eval_prompts)
-    return {
-        "eval": [{"prompt": t.prompt, "family": t.family} for t in eval_tasks],
-        "sft": [_demonstration(t, settings, rng) for t in fresh_tasks(settings.sft)],
-        "pairs": [_pair(t, settings, rng) for t in fresh_tasks(settings.pairs)]
-        + [_ranking(t, settings, rng) for t in fresh_tasks(settings.rankings)],
-        "ppo": [{"prompt": t.prompt, "family": t.family} for t in fresh_tasks(settings.ppo_prompts)],
-        "pretrain": [{"text": _document(settings, rng)} for _ in range(settings.pretrain_docs)],
-    }
+    sets: dict[str, list[dict[str, Any]]] = {}
+    rng = stream("eval")
+    sets["eval"] = [{"prompt": t.prompt, "family": t.family} for t in fresh_tasks(settings.eval_prompts, rng)]
+    rng = stream("sft")
+    sets["sft"] = [_demonstration(t, settings, rng) for t in fresh_tasks(settings.sft, rng)]
+    rng = stream("pairs")
+    sets["pairs"] = [_pair(t, settings, rng) for t in fresh_tasks(settings.pairs, rng)]
+    sets["pairs"] += [_ranking(t, settings, rng) for t in fresh_tasks(settings.rankings, rng)]
+    rng = stream("ppo")
+    sets["ppo"] = [{"prompt": t.prompt, "family": t.family} for t in fresh_tasks(settings.ppo_prompts, rng)]
+    rng = stream("pretrain")
+    sets["pretrain"] = [{"text": _document(settings, rng)} for _ in range(settings.pretrain_docs)]
+    return sets
 
 
 def write(settings: SynthSettings, output: Path) -> dict[str, str]:
@@ -269,15 +279,40 @@ def _demonstration(task: Task, settings: SynthSettings, rng: random.Random) -> d
 
 
 def _candidates(task: Task, rng: random.Random) -> list[str]:
-    """Responses of every quality, so the pairs teach correct > wrong and concise > chatty."""
+    """Responses of every quality, so the pairs teach correct > wrong and concise > chatty. Besides the
+    systematic slip, wrong answers include random corruptions like those a small policy makes."""
     ramble = " ".join([task.answer] * rng.randint(2, 3))
+    corrupt = _corrupt(task.answer, rng)
     return [
         task.answer,
         rng.choice(VERBOSE_FORMS).format(task.answer),
         task.slip,
-        rng.choice(VERBOSE_FORMS).format(task.slip),
+        corrupt,
+        rng.choice(VERBOSE_FORMS).format(rng.choice((task.slip, corrupt))),
         ramble,
     ]
+
+
+def _corrupt(answer: str, rng: random.Random) -> str:
+    """The answer with one token substituted, two swapped or one dropped (never the answer itself)."""
+    tokens = answer.split()
+    while True:
+        edited = list(tokens)
+        operation = rng.choice(("substitute", "swap", "drop") if len(tokens) > 1 else ("substitute",))
+        i = rng.randrange(len(edited))
+        if operation == "substitute":
+            edited[i] = (
+                str(rng.randrange(100 if len(edited[i]) > 1 else 10))
+                if edited[i].isdigit()
+                else (rng.choice(WORDS).upper() if edited[i].isupper() else rng.choice(WORDS))
+            )
+        elif operation == "swap":
+            j = (i + 1) % len(edited)
+            edited[i], edited[j] = edited[j], edited[i]
+        else:
+            del edited[i]
+        if edited and " ".join(edited) != answer:
+            return " ".join(edited)
 
 
 def _pair(task: Task, settings: SynthSettings, rng: random.Random) -> dict[str, Any]:

@@ -22,13 +22,13 @@ from trl import RewardConfig, RewardTrainer
 
 from align import training
 from align.artifacts import Artifact, ArtifactWriter
-from align.chat import encode_prompt_completion, prompt_text
 from align.config import RMConfig, to_dict
-from align.data import Dataset, load_data
+from align.data import load_data
 from align.errors import DataError
 from align.evaluate import reward_model_report
 from align.models import load_policy, load_tokenizer, lora_config, record_base, resolve_model
 from align.rewards import RewardModel
+from align.tokenize import tokenize_pairs
 
 PAD = "<|pad|>"
 
@@ -99,32 +99,6 @@ def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
-
-
-def tokenize_pairs(data: Dataset, tokenizer: Any, max_length: int, margin: float) -> list[dict[str, Any]]:
-    """Token ids of prompt+chosen and prompt+rejected (chat-formatted, EOS included) per pair."""
-    rows, too_long = [], set()
-    for index, row in enumerate(data.rows):
-        chosen = encode_prompt_completion(tokenizer, row["prompt"], row["chosen"])["input_ids"]
-        rejected = encode_prompt_completion(tokenizer, row["prompt"], row["rejected"])["input_ids"]
-        if max(len(chosen), len(rejected)) > max_length:
-            too_long.add(index)
-            continue
-        encoded = {
-            "chosen_ids": chosen,
-            "rejected_ids": rejected,
-            "group": row["group"],
-            "prompt_text": prompt_text(tokenizer, row["prompt"]),
-            "chosen_text": row["chosen"][0]["content"] + tokenizer.eos_token,
-            "rejected_text": row["rejected"][0]["content"] + tokenizer.eos_token,
-        }
-        if margin:
-            encoded["margin"] = margin
-        rows.append(encoded)
-    data.drop(too_long, f"longer than max_length={max_length} tokens")
-    if not rows:
-        raise DataError(f"{data.source.name}: every pair is longer than max_length={max_length} tokens")
-    return rows
 
 
 def split_by_group(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:

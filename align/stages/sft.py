@@ -18,10 +18,8 @@ from trl import SFTTrainer
 
 from align import training
 from align.artifacts import Artifact, ArtifactWriter
-from align.chat import encode_prompt_completion
 from align.config import SFTConfig, to_dict
-from align.data import Dataset, load_data
-from align.errors import DataError
+from align.data import load_data
 from align.models import (
     ModelSource,
     load_policy,
@@ -31,6 +29,7 @@ from align.models import (
     resolve_model,
     save_adapter,
 )
+from align.tokenize import tokenize_sft
 
 
 def run(config: SFTConfig, resume: bool = False) -> Artifact:
@@ -38,8 +37,8 @@ def run(config: SFTConfig, resume: bool = False) -> Artifact:
     held_out = load_data(config.eval_data, "sft") if config.eval_data else None
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    train_rows = tokenize_rows(data, tokenizer, config.max_length)
-    eval_rows = tokenize_rows(held_out, tokenizer, config.max_length) if held_out else None
+    train_rows = tokenize_sft(data, tokenizer, config.max_length)
+    eval_rows = tokenize_sft(held_out, tokenizer, config.max_length) if held_out else None
     if eval_rows is None and config.eval_fraction > 0 and len(train_rows) >= 20:
         train_rows, eval_rows = _split(train_rows, config.eval_fraction, config.train.seed)
 
@@ -73,21 +72,6 @@ def run(config: SFTConfig, resume: bool = False) -> Artifact:
         writer.extra["model_format"] = "lora" if config.lora.enabled else "full"
         record_base(writer, source)
         return writer.commit()
-
-
-def tokenize_rows(data: Dataset, tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
-    """Chat-formatted token ids with completion masks; over-long rows are dropped and counted."""
-    rows, too_long = [], set()
-    for index, row in enumerate(data.rows):
-        encoded = encode_prompt_completion(tokenizer, row["prompt"], row["completion"])
-        if len(encoded["input_ids"]) > max_length:
-            too_long.add(index)
-        else:
-            rows.append(encoded)
-    data.drop(too_long, f"longer than max_length={max_length} tokens")
-    if not rows:
-        raise DataError(f"{data.source.name}: every row is longer than max_length={max_length} tokens")
-    return rows
 
 
 def _split(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:

@@ -15,9 +15,30 @@ PROMPTS = REPO / "data/synthetic/ppo.jsonl"
 
 
 def ppo_args(micro_sft: Path, output: Path, *extra: str) -> list:
-    return ["ppo", "--model", micro_sft, "--prompts", PROMPTS, "--output", output, "--set", "ppo.rollouts=16",
-            "--set", "ppo.mini_batch_size=8", "--set", "ppo.micro_batch_size=4", "--set", "ppo.max_new_tokens=12",
-            "--set", "ppo.ppo_epochs=2", "--set", "ppo.save_every=0", "--set", "ppo.sample_every=0", *extra]
+    return [
+        "ppo",
+        "--model",
+        micro_sft,
+        "--prompts",
+        PROMPTS,
+        "--output",
+        output,
+        "--set",
+        "ppo.rollouts=16",
+        "--set",
+        "ppo.mini_batch_size=8",
+        "--set",
+        "ppo.micro_batch_size=4",
+        "--set",
+        "ppo.max_new_tokens=12",
+        "--set",
+        "ppo.ppo_epochs=2",
+        "--set",
+        "ppo.save_every=0",
+        "--set",
+        "ppo.sample_every=0",
+        *extra,
+    ]
 
 
 def history(artifact_path: Path) -> list[dict]:
@@ -25,9 +46,12 @@ def history(artifact_path: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def test_first_minibatch_ratio_is_one_and_rm_critic_shares_the_trunk(runner, micro_sft: Path, micro_rm: Path,
-                                                                      tmp_path: Path) -> None:
-    result = invoke(runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward-model", micro_rm, "--steps", "3"))
+def test_first_minibatch_ratio_is_one_and_rm_critic_shares_the_trunk(
+    runner, micro_sft: Path, micro_rm: Path, tmp_path: Path
+) -> None:
+    result = invoke(
+        runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward-model", micro_rm, "--steps", "3")
+    )
     assert result.exit_code == 0, result.output
     artifact = load_artifact(tmp_path / "ppo", expect_stage="ppo")
     assert artifact.metrics["critic"] == "rm_lora"
@@ -45,8 +69,23 @@ def test_first_minibatch_ratio_is_one_and_rm_critic_shares_the_trunk(runner, mic
 
 
 def test_ppo_raises_the_reward_and_reloads_as_a_policy(runner, micro_sft: Path, tmp_path: Path) -> None:
-    result = invoke(runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward", "tests.rewards:longer", "--steps", "25",
-                                      "--lr", "3e-3", "--set", "ppo.kl_coef=0.01", "--set", "ppo.missing_eos_penalty=null"))
+    result = invoke(
+        runner,
+        *ppo_args(
+            micro_sft,
+            tmp_path / "ppo",
+            "--reward",
+            "tests.rewards:longer",
+            "--steps",
+            "25",
+            "--lr",
+            "3e-3",
+            "--set",
+            "ppo.kl_coef=0.01",
+            "--set",
+            "ppo.missing_eos_penalty=null",
+        ),
+    )
     assert result.exit_code == 0, result.output
     steps = history(tmp_path / "ppo")
     first = sum(s["score"] for s in steps[:5]) / 5
@@ -61,7 +100,15 @@ def test_ppo_raises_the_reward_and_reloads_as_a_policy(runner, micro_sft: Path, 
 def test_resume_continues_bit_for_bit(runner, micro_sft: Path, tmp_path: Path, monkeypatch) -> None:
     from align.stages.ppo import trainer
 
-    common = ["--reward", "align.data.synthetic:gold_reward", "--steps", "4", "--full", "--set", "ppo.save_every=2"]
+    common = [
+        "--reward",
+        "align.data.synthetic:gold_reward",
+        "--steps",
+        "4",
+        "--full",
+        "--set",
+        "ppo.save_every=2",
+    ]
     assert invoke(runner, *ppo_args(micro_sft, tmp_path / "straight", *common)).exit_code == 0
 
     original = trainer.PPOLoop.iteration
@@ -88,7 +135,10 @@ def test_bad_ppo_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path)
         ([], "give exactly one of --reward-model ARTIFACT or --reward module:function"),
         (["--reward-model", micro_sft], "a 'sft' artifact, but this needs a 'rm' one"),
         (["--reward", "tests.rewards:nope"], "has no attribute 'nope'"),
-        (["--reward", "tests.rewards:wrong_length", "--steps", "1"], "returned list of length 1, expected 16"),
+        (
+            ["--reward", "tests.rewards:wrong_length", "--steps", "1"],
+            "returned list of length 1, expected 16",
+        ),
         (["--reward-model", micro_rm, "--set", "ppo.kl_coef=-1"], "kl_coef (beta) must be >= 0"),
         (["--reward-model", micro_rm, "--set", "ppo.rollouts=10"], "multiple of ppo.mini_batch_size"),
     ]

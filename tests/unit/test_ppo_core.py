@@ -22,7 +22,9 @@ def test_masked_mean_var_and_whiten() -> None:
     scaled = core.masked_whiten(values, mask, shift_mean=False)  # rewards: scaled, mean kept
     assert scaled.tolist()[0][:3] == pytest.approx([1.0, 2.0, 3.0], abs=1e-6)
     spread = core.masked_whiten(T([[2.0, 4.0, 6.0]]), T([[1.0, 1.0, 1.0]]), shift_mean=False)
-    assert spread.tolist()[0] == pytest.approx([4.0 - 1.0, 4.0, 4.0 + 1.0], abs=1e-6)  # unit spread, mean 4 kept
+    assert spread.tolist()[0] == pytest.approx(
+        [4.0 - 1.0, 4.0, 4.0 + 1.0], abs=1e-6
+    )  # unit spread, mean 4 kept
 
 
 def test_truncate_at_eos_keeps_the_first_eos_even_when_pad_equals_eos() -> None:
@@ -74,8 +76,17 @@ def test_clipped_losses_by_hand() -> None:
 
 def test_ratio_one_gives_zero_kl_and_no_clipping() -> None:
     logprobs = torch.randn(3, 5)
-    stats = core.ppo_losses(logprobs, logprobs.clone(), torch.randn(3, 5), torch.zeros(3, 5), torch.zeros(3, 5),
-                            torch.ones(3, 5), torch.ones(3, 5), 0.2, 0.2)
+    stats = core.ppo_losses(
+        logprobs,
+        logprobs.clone(),
+        torch.randn(3, 5),
+        torch.zeros(3, 5),
+        torch.zeros(3, 5),
+        torch.ones(3, 5),
+        torch.ones(3, 5),
+        0.2,
+        0.2,
+    )
     assert stats.ratio.item() == pytest.approx(1.0)
     assert stats.approx_kl.item() == pytest.approx(0.0, abs=1e-7)
     assert stats.clip_fraction.item() == 0.0

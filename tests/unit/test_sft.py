@@ -147,11 +147,11 @@ def test_full_fine_tuning_and_merged_export(runner, micro_base: Path, tmp_path: 
 def test_completion_only_loss_masks_the_prompt_and_keeps_eos(micro_base: Path) -> None:
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from align.stages.sft import tokenize_rows
+    from align.tokenize import tokenize_sft
 
     tokenizer = load_tokenizer(resolve_model(str(micro_base)))
     data = load_data(str(REPO / "data/synthetic/sft.jsonl"), "sft", limit=4)
-    rows = tokenize_rows(data, tokenizer, max_length=96)
+    rows = tokenize_sft(data, tokenizer, max_length=96)
     batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, completion_only_loss=True)(
         rows
     )

@@ -25,9 +25,9 @@ from torch import nn
 from align.artifacts import Artifact, load_artifact
 from align.config import PPOConfig
 from align.errors import ConfigError
+from align.generation import position_ids
 from align.models import ModelSource, load_policy, lora_config
 from align.rewards import RewardModel, load_reward_function
-from align.stages.ppo.rollout import position_ids
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from align.generation import decode_response
+from align.generation import decode_response, response_logprobs
 from align.stages.ppo.core import INVALID_LOGPROB, truncate_at_eos
 
 
@@ -50,7 +50,7 @@ class Sampler(Protocol):
     """The rollout engine interface: a faster engine can replace plain `generate` behind it."""
 
     def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        """Sampled response ids [B, T], T = max_new_tokens (padded when every row stopped early)."""
+        """Sampled response ids [B, T], T <= max_new_tokens (generation ends when every row has stopped)."""
         ...
 
 
@@ -75,34 +75,7 @@ class HFSampler:
             eos_token_id=self.tokenizer.eos_token_id,
         )
         output = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config)
-        responses = output[:, queries.shape[1] :]
-        missing = self.max_new_tokens - responses.shape[1]
-        if missing:
-            responses = torch.nn.functional.pad(responses, (0, missing), value=self.tokenizer.pad_token_id)
-        return responses
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def response_logprobs(
-    model: Any,
-    query_responses: torch.Tensor,
-    attention_mask: torch.Tensor,
-    query_length: int,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each response token and the entropy at each response position.  -> [B, T], [B, T]"""
-    logits = model(
-        input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).logits
-    logits = logits[:, query_length - 1 : -1].float() / temperature
-    all_logprobs = torch.log_softmax(logits, dim=-1)
-    responses = query_responses[:, query_length:]
-    logprobs = all_logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-    entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
-    return logprobs, entropy
+        return output[:, queries.shape[1] :]
 
 
 @torch.no_grad()
@@ -127,6 +100,8 @@ def collect(
     raw = sampler.sample(policy, queries["input_ids"], queries["attention_mask"])
     # 2. cut each response after its first EOS; later tokens become padding and leave the mask
     responses, mask = truncate_at_eos(raw, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    width = int(mask.sum(1).max().item())  # drop columns that are padding in every row
+    responses, mask = responses[:, :width], mask[:, :width]
     query_responses = torch.cat([queries["input_ids"], responses], dim=1)
     attention_mask = torch.cat([queries["attention_mask"], mask.long()], dim=1)
     # 3. per-token log-probs (policy, reference) and values

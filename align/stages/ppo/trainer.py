@@ -28,10 +28,11 @@ from align.config import PPOConfig, to_dict
 from align.data import load_data
 from align.data.synthetic import family_of, gold_reward
 from align.errors import DataError
+from align.generation import response_logprobs
 from align.models import load_tokenizer, pick_device, record_base, resolve_model, save_adapter
 from align.stages.ppo import core
 from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
-from align.stages.ppo.rollout import HFSampler, Trajectory, collect, response_logprobs
+from align.stages.ppo.rollout import HFSampler, Trajectory, collect
 from align.training import TrainingDiverged
 
 

@@ -1,0 +1,196 @@
+"""`align dpo`, `align grpo` and `align rloo` on micro models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from align.artifacts import load_artifact
+from align.models import load_policy, load_tokenizer, resolve_model
+from tests.conftest import REPO, invoke
+
+PAIRS = REPO / "data/synthetic/pairs.jsonl"
+PROMPTS = REPO / "data/synthetic/ppo.jsonl"
+
+
+def logged(path: Path, key: str) -> list[float]:
+    rows = [json.loads(line) for line in (path / "logs/metrics.jsonl").read_text().splitlines()]
+    return [row[key] for row in rows if key in row]
+
+
+def test_dpo_lora_learns_the_pairs_without_a_reference_copy(
+    runner, micro_sft: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from align.stages import dpo
+
+    references = []
+
+    class Spy(dpo.DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            references.append(self.ref_model)
+
+    monkeypatch.setattr(dpo, "DPOTrainer", Spy)
+    result = invoke(
+        runner,
+        "dpo",
+        "--recipe",
+        REPO / "recipes/tiny/dpo.yaml",
+        "--model",
+        micro_sft,
+        "--output",
+        tmp_path / "dpo",
+        "--max-steps",
+        "60",
+        "--lr",
+        "2e-3",
+        "--set",
+        "limit=1200",
+        "--set",
+        "train.logging_steps=10",
+        "--set",
+        "train.save_steps=0",
+    )
+    assert result.exit_code == 0, result.output
+    assert references == [None]  # LoRA: the reference is the adapter-disabled policy, not a copy
+    artifact = load_artifact(tmp_path / "dpo", expect_stage="dpo")
+    losses = logged(artifact.path, "loss")
+    assert losses[-1] < losses[0]
+    accuracies = logged(artifact.path, "rewards/accuracies")
+    assert accuracies[0] == 0.0  # step 1: the policy is the reference, every implicit reward is 0
+    assert sum(accuracies[1:]) / len(accuracies[1:]) > 0.55, accuracies
+    assert artifact.metrics["eval_rewards/accuracies"] > 0.55
+    assert {p["stage"] for p in artifact.manifest["parents"]} == {"sft"}
+    load_policy(resolve_model(str(artifact.path)))  # SFT merged, then the DPO adapter
+
+
+def test_dpo_full_fine_tuning_and_ipo(runner, micro_sft: Path, tmp_path: Path) -> None:
+    result = invoke(
+        runner,
+        "dpo",
+        "--model",
+        micro_sft,
+        "--data",
+        PAIRS,
+        "--output",
+        tmp_path / "ipo",
+        "--full",
+        "--loss-type",
+        "ipo",
+        "--max-steps",
+        "5",
+        "--set",
+        "limit=200",
+        "--set",
+        "train.save_steps=0",
+        "--set",
+        "max_length=96",
+    )
+    assert result.exit_code == 0, result.output
+    assert load_artifact(tmp_path / "ipo").manifest["model_format"] == "full"
+
+
+def test_dpo_on_real_hh_rlhf(runner, micro_base: Path, tmp_path: Path, shared_data: Path) -> None:
+    result = invoke(
+        runner,
+        "dpo",
+        "--model",
+        micro_base,
+        "--output",
+        tmp_path / "dpo",
+        "--data",
+        shared_data / "hh-rlhf/harmless-base-test-slice-train-1312.jsonl.gz",
+        "--eval-data",
+        shared_data / "hh-rlhf/harmless-base-test-slice-dev-500.jsonl.gz",
+        "--max-length",
+        "128",
+        "--max-steps",
+        "10",
+        "--batch-size",
+        "8",
+        "--set",
+        "limit=200",
+        "--set",
+        "train.save_steps=0",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = load_artifact(tmp_path / "dpo").metrics
+    assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0
+
+
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_critic_free_stages_run_with_a_reward_function(
+    runner, micro_sft: Path, tmp_path: Path, stage: str
+) -> None:
+    result = invoke(
+        runner,
+        stage,
+        "--recipe",
+        REPO / f"recipes/tiny/{stage}.yaml",
+        "--model",
+        micro_sft,
+        "--output",
+        tmp_path / stage,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--set",
+        "train.logging_steps=1",
+        "--set",
+        "train.save_steps=0",
+        "--set",
+        "max_new_tokens=8",
+    )
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(tmp_path / stage, expect_stage=stage)
+    assert artifact.metrics["steps"] == 3 and "last_reward" in artifact.metrics
+    assert artifact.manifest["reward"] == "align.data.synthetic:gold_reward"
+
+
+def test_trl_reward_adapter_keeps_eos_and_renders_prompts(micro_sft: Path) -> None:
+    from align.stages.online import trl_reward
+
+    tokenizer = load_tokenizer(resolve_model(str(micro_sft)))
+    seen = {}
+
+    def reward(prompts, responses):
+        seen["prompts"], seen["responses"] = prompts, responses
+        return [0.0] * len(prompts)
+
+    ids = tokenizer("12", add_special_tokens=False)["input_ids"]
+    trl_reward(reward, tokenizer)(
+        prompts=[[{"role": "user", "content": "Add 5 and 7."}]] * 2,
+        completions=[None, None],
+        completion_ids=[ids + [tokenizer.eos_token_id], ids],
+    )
+    assert seen["prompts"][0].endswith("<|assistant|>\n") and "Add 5 and 7." in seen["prompts"][0]
+    assert seen["responses"] == ["12<|endoftext|>", "12"]
+
+
+def test_online_stages_validate_their_inputs(runner, micro_sft: Path, tmp_path: Path) -> None:
+    for args, message in (
+        (
+            ["--reward", "align.data.synthetic:gold_reward", "--num-generations", "3"],
+            "multiple of num_generations",
+        ),
+        ([], "give exactly one of --reward-model"),
+        (["--reward", "align.data.synthetic:missing"], "has no attribute 'missing'"),
+    ):
+        result = invoke(
+            runner,
+            "grpo",
+            "--model",
+            micro_sft,
+            "--prompts",
+            PROMPTS,
+            "--output",
+            tmp_path / "g",
+            "--batch-size",
+            "8",
+            *args,
+        )
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert not (tmp_path / "g").exists()

@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs/tiny
 
-.PHONY: setup test lint demo pretrain sft rm ppo results synth clean-runs
+.PHONY: setup test lint demo pipeline pretrain sft rm ppo dpo results synth clean-runs
+RECIPE ?= recipes/tiny/pipeline.yaml
 
 setup: $(STAMP)
 
@@ -29,6 +30,12 @@ synth: setup
 demo: setup
 	$(BIN)/python bench/demo_cpu.py --runs $(RUNS)
 
+pipeline: setup
+	$(BIN)/align pipeline --recipe $(RECIPE)
+
+dpo: setup
+	$(BIN)/align dpo --recipe recipes/tiny/dpo.yaml
+
 pretrain: setup
 	$(BIN)/align pretrain --recipe recipes/tiny/pretrain.yaml
 
@@ -44,7 +51,7 @@ ppo: setup
 # Multi-seed studies (tens of minutes): JSON under results/, quoted in the README and issues.
 results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
-	$(BIN)/python bench/study_ppo.py --runs $(RUNS) --out results/ppo.json
+	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
 
 clean-runs:
 	rm -rf $(RUNS)

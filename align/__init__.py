@@ -3,8 +3,9 @@
 Every CLI command is a thin wrapper over a function here, so notebooks call the same code:
 
     import align
-    artifact = align.sft(align.SFTConfig(model="runs/tiny/pretrain", data="data/synthetic/sft.jsonl",
-                                         output="runs/mine/sft"))
+    sft = align.sft(align.SFTConfig(model="runs/tiny/pretrain", data="data/synthetic/sft.jsonl", output="runs/me/sft"))
+    scores = align.RewardModel.load("runs/tiny/rm").score_messages([[{"role": "user", "content": "Add 2 and 3."}]],
+                                                                   ["5<|endoftext|>"])
 """
 
 from __future__ import annotations
@@ -18,11 +19,25 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Artifact": "align.artifacts",
     "load_artifact": "align.artifacts",
-    "PretrainConfig": "align.config",
-    "SFTConfig": "align.config",
-    "EvalConfig": "align.config",
-    "pretrain": "align.stages.pretrain:run",
-    "sft": "align.stages.sft:run",
+    "RewardModel": "align.rewards",
+    **{
+        name: "align.config"
+        for name in (
+            "PretrainConfig",
+            "SFTConfig",
+            "RMConfig",
+            "PPOConfig",
+            "DPOConfig",
+            "GRPOConfig",
+            "RLOOConfig",
+            "EvalConfig",
+            "build_config",
+        )
+    },
+    **{
+        stage: f"align.stages.{stage}:run"
+        for stage in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo")
+    },
     "evaluate": "align.evaluate:run",
 }
 

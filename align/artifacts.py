@@ -48,7 +48,8 @@ class Artifact:
 
     @property
     def sha256(self) -> str:
-        return sha256_file(self.path / MANIFEST)
+        """Content identity: the hash of the file table, so metrics added later (eval) do not change it."""
+        return content_hash(self.manifest)
 
     def parent(self, stage: str) -> Artifact | None:
         """The input artifact of the given stage, resolved relative to this artifact."""
@@ -106,9 +107,14 @@ def verify(path: str | Path) -> list[str]:
         parent = artifact.path / record["path"]
         if not is_artifact(parent):
             problems.append(f"parent {record['stage']}: not found at {record['path']}")
-        elif record.get("sha256") and sha256_file(parent / MANIFEST) != record["sha256"]:
-            problems.append(f"parent {record['stage']}: manifest changed since this artifact was made")
+        elif record.get("sha256") and load_artifact(parent).sha256 != record["sha256"]:
+            problems.append(f"parent {record['stage']}: its files changed since this artifact was made")
     return problems
+
+
+def content_hash(manifest: dict[str, Any]) -> str:
+    table = json.dumps({"stage": manifest["stage"], "files": manifest["files"]}, sort_keys=True)
+    return hashlib.sha256(table.encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

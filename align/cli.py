@@ -47,7 +47,11 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars; training keeps its own bar
     logging.getLogger("datasets").setLevel(logging.ERROR)
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def _handle(action: Callable[[], Any]) -> Any:
@@ -389,6 +393,79 @@ app.command("rloo")(
         "rloo", "RLOOConfig", "RLOO (leave-one-out baseline, no critic) against an RM or a reward function."
     )
 )
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="Policy artifact, model directory or hub id.")],
+    prompt: Annotated[list[str] | None, typer.Option(help="A user message (repeatable).")] = None,
+    data: Annotated[str | None, typer.Option(help="Prompts file instead of --prompt.")] = None,
+    temperature: Annotated[float, typer.Option(help="0 means greedy (or beam search).")] = 0.7,
+    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    num_beams: Annotated[int, typer.Option(help="Beam search width (with --temperature 0).")] = 1,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1 discourages repeated tokens.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 32,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Generate responses (JSONL on stdout) with the model's chat template and the KV cache."""
+
+    def action() -> None:
+        from align.errors import ConfigError
+
+        if bool(prompt) == bool(data):
+            raise ConfigError("give --prompt (repeatable) or --data FILE")
+        if temperature < 0 or num_beams < 1 or max_new_tokens < 1:
+            raise ConfigError("--temperature must be >= 0, --num-beams and --max-new-tokens >= 1")
+        _quiet_libraries()
+        from align.data import load_data
+        from align.generation import Sampling
+        from align.generation import generate as run_generation
+        from align.models import load_policy, load_tokenizer, pick_device, resolve_model
+
+        prompts = (
+            [r["prompt"] for r in load_data(data, "prompts").rows]
+            if data
+            else [[{"role": "user", "content": p}] for p in prompt or []]
+        )
+        source = resolve_model(model)
+        tokenizer = load_tokenizer(source)
+        policy = load_policy(source).to(pick_device())
+        sampling = Sampling(
+            temperature=temperature or None,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
+            max_new_tokens=max_new_tokens,
+        )
+        for messages, response in zip(
+            prompts, run_generation(policy, tokenizer, prompts, sampling, batch_size, seed), strict=True
+        ):
+            typer.echo(json.dumps({"prompt": messages[-1]["content"], "response": response}))
+
+    _handle(action)
+
+
+@app.command()
+def pipeline(
+    recipe: Annotated[
+        Path, typer.Option("--recipe", "-r", help="Pipeline recipe: run dir and stage recipes.")
+    ],
+    start: Annotated[str | None, typer.Option("--from", help="Rerun from this stage on.")] = None,
+    only: Annotated[str | None, typer.Option(help="Run just this stage.")] = None,
+) -> None:
+    """Run the recipe's stages in order, skipping those whose config, inputs and data are unchanged."""
+
+    def action() -> None:
+        _quiet_libraries()
+        from align.pipeline import run
+
+        for result in run(recipe, start, only, report=lambda line: typer.echo(line, err=True)):
+            typer.echo(f"{result.stage}\t{result.path}\t{'skipped' if result.skipped else 'ran'}")
+
+    _handle(action)
 
 
 @app.command("eval")

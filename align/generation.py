@@ -17,12 +17,15 @@ from align.chat import prompt_text
 
 @dataclass
 class Sampling:
-    """Decoding settings; temperature None means greedy. Training rollouts keep top_k=0, top_p=1."""
+    """Decoding settings; temperature None means greedy (or beam search with num_beams > 1).
+    Training rollouts keep top_k=0 and top_p=1, so samples follow the distribution the log-probs describe."""
 
     temperature: float | None = 0.7
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 32
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
 
     def generation_config(self, tokenizer: Any) -> GenerationConfig:
         sample = self.temperature is not None
@@ -31,6 +34,8 @@ class Sampling:
             temperature=self.temperature if sample else None,
             top_k=self.top_k if sample else None,
             top_p=self.top_p if sample else None,
+            num_beams=self.num_beams,
+            repetition_penalty=self.repetition_penalty,
             max_new_tokens=self.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

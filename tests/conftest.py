@@ -39,7 +39,7 @@ def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         block_size=64,
         tokenizer=TokenizerSettings(vocab_size=512),
         arch=ArchSettings(**MICRO_ARCH),
-        train=TrainSettings(learning_rate=3e-3, max_steps=30, batch_size=16, logging_steps=5, save_steps=0),
+        train=TrainSettings(learning_rate=5e-3, max_steps=100, batch_size=16, logging_steps=10, save_steps=0),
     )
     return pretrain.run(config).path
 
@@ -86,11 +86,11 @@ def micro_rm(micro_sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--output",
         output,
         "--max-steps",
-        "120",
+        "300",
         "--lr",
         "2e-3",
         "--set",
-        "limit=1500",
+        "limit=3000",
         "--set",
         "train.logging_steps=10",
         "--set",

@@ -3,7 +3,7 @@
 | kind    | normalised row |
 |---------|----------------|
 | text    | {"text": str} |
-| sft     | {"prompt": [messages], "completion": [assistant message]} |
+| sft     | {"prompt": [messages], "completion": [assistant message]} (a pairs file gives its chosen answers) |
 | pairs   | {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message], "group": str} |
 | prompts | {"prompt": [messages]} |
 
@@ -98,6 +98,9 @@ def sft_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
         extra = _optional_text(values, "input", where)
         prompt = f"{prompt}\n\n{extra}" if extra else prompt
         return [_sft_row([_user(prompt)], _text(values, "output", where))]
+    if "chosen" in values or "responses" in values:  # a pairs file: its preferred answers
+        best = pair_rows(values, where)[0]
+        return [_sft_row(best["prompt"], best["chosen"][0]["content"])]
     if "prompt" in values:
         return [_sft_row(_prompt_messages(values, where), _response(values, "completion", where))]
     messages = _conversation(values, where)

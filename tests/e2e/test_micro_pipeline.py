@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from align.artifacts import load_artifact, verify
-from tests.conftest import invoke
+from tests.conftest import REPO, invoke
 
 
 def test_help_lists_stages_and_documents_options(runner) -> None:
@@ -62,3 +62,51 @@ def test_sft_then_eval_raises_the_gold_score(
     assert verify(micro_sft) == []  # eval adds metrics to the manifest, files stay intact
     show = invoke(runner, "show", micro_sft)
     assert show.exit_code == 0 and "pretrain" in show.output and "gold_sampled" in show.output
+
+
+def outcomes(result) -> list[str]:
+    return [line.split("\t")[2] for line in result.stdout.splitlines() if line.count("\t") == 2]
+
+
+def test_pipeline_chains_stages_and_reruns_only_what_changed(runner, tmp_path: Path) -> None:
+    recipe = tmp_path / "pipeline.yaml"
+    micro = {
+        "pretrain": {
+            "train.max_steps": 20,
+            "block_size": 64,
+            "tokenizer.vocab_size": 400,
+            "arch.n_layer": 1,
+            "arch.n_embd": 32,
+            "arch.n_head": 2,
+            "arch.n_positions": 128,
+        },
+        "sft": {"train.max_steps": 10, "limit": 300, "train.save_steps": 0},
+        "rm": {"train.max_steps": 10, "limit": 300, "train.save_steps": 0, "train.epochs": 1},
+        "ppo": {
+            "ppo.steps": 2,
+            "ppo.rollouts": 8,
+            "ppo.mini_batch_size": 8,
+            "ppo.micro_batch_size": 8,
+            "ppo.max_new_tokens": 6,
+            "ppo.save_every": 0,
+        },
+    }
+    stages = {s: str(REPO / f"recipes/tiny/{s}.yaml") for s in micro}
+    import yaml
+
+    recipe.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "stages": stages, "set": micro}))
+    first = invoke(runner, "pipeline", "--recipe", recipe)
+    assert first.exit_code == 0, first.output
+    assert outcomes(first) == ["ran"] * 4
+    ppo = load_artifact(tmp_path / "run/ppo")
+    assert ppo.parent("sft").path.resolve() == (tmp_path / "run/sft").resolve()
+    assert ppo.parent("rm").path.resolve() == (tmp_path / "run/rm").resolve()
+
+    again = invoke(runner, "pipeline", "--recipe", recipe)
+    assert outcomes(again) == ["skipped"] * 4
+
+    micro["ppo"]["ppo.kl_coef"] = 0.2
+    recipe.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "stages": stages, "set": micro}))
+    changed = invoke(runner, "pipeline", "--recipe", recipe)
+    assert outcomes(changed) == ["skipped"] * 3 + ["ran"]
+    assert load_artifact(tmp_path / "run/ppo").manifest["config"]["ppo"]["kl_coef"] == 0.2

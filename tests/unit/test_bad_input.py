@@ -47,7 +47,7 @@ CASES = {
         ["--recipe", "no_such_recipe.yaml"],
         "no_such_recipe.yaml: recipe file not found",
     ),
-    "invalid recipe yaml": (GOOD_ROW, ["--recipe", "{tmp}/bad.yaml"], "bad.yaml:2: invalid YAML"),
+    "invalid recipe yaml": (GOOD_ROW, ["--recipe", "{tmp}/bad.yaml"], "invalid YAML"),
     "all rows too long": (GOOD_ROW, ["--set", "max_length=8"], "every row is longer than max_length=8"),
     "non utf-8 bytes": (b'{"prompt": "\xfe", "completion": "b"}\n', [], "d.jsonl:1: not UTF-8"),
 }

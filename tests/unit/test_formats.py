@@ -183,3 +183,12 @@ def test_real_alpaca_and_sharegpt_pairs(shared_data: Path) -> None:
     assert len(sharegpt.rows) == 250
     assert any(r["prompt"][0]["role"] == "system" for r in sharegpt.rows)
     assert all(r["prompt"][-1]["role"] == "user" for r in sharegpt.rows)
+
+
+def test_a_pairs_file_serves_as_sft_data_with_its_chosen_answers(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "4"},
+        {"prompt": "Add 1 and 2.", "responses": ["4", "3"], "ranking": [1, 0]},
+    ]
+    data = load_data(str(write_jsonl(tmp_path / "p.jsonl", rows)), "sft")
+    assert [r["completion"][0]["content"] for r in data.rows] == ["3", "3"]

@@ -146,3 +146,53 @@ def test_bad_ppo_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path)
         result = invoke(runner, *ppo_args(micro_sft, tmp_path / "out", *extra))
         assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Path) -> None:
+    """Left-padded prompts of different lengths: our forward (position ids from the mask, logits / T) must give
+    the log-probs `generate` sampled with, token for token."""
+    import torch
+    from transformers import GenerationConfig
+
+    from align.chat import prompt_text
+    from align.generation import response_logprobs
+    from align.models import load_tokenizer
+    from align.stages.ppo.core import truncate_at_eos
+
+    source = resolve_model(str(micro_sft))
+    model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
+    prompts = [
+        prompt_text(tokenizer, [{"role": "user", "content": c}])
+        for c in ("Add 3 and 4.", "Reverse the words: cat dog sun owl fox", "Repeat owl 2 times")
+    ]
+    queries = tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(**queries, generation_config=config)
+        q = queries["input_ids"].shape[1]
+        responses = out.sequences[:, q:]
+        sampled = torch.stack(
+            [
+                torch.log_softmax(s.float(), -1).gather(1, responses[:, t : t + 1]).squeeze(1)
+                for t, s in enumerate(out.scores)
+            ],
+            dim=1,
+        )
+        truncated, mask = truncate_at_eos(responses, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+        attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
+        ours, _ = response_logprobs(model, torch.cat([queries["input_ids"], truncated], 1), attention, q, 0.7)
+    assert queries["attention_mask"].sum(1).unique().numel() > 1  # the prompts really are padded
+    torch.testing.assert_close(ours * mask, sampled * mask, atol=1e-4, rtol=0)

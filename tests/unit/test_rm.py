@@ -15,12 +15,13 @@ from align.rewards import RewardModel, load_reward_function
 from tests.conftest import REPO, invoke, write_jsonl
 
 
-def test_rm_learns_the_synthetic_preferences(micro_rm: Path) -> None:
+def test_rm_trains_on_the_synthetic_pairs_and_reports_its_figures(micro_rm: Path) -> None:
     metrics = load_artifact(micro_rm, expect_stage="rm").metrics
-    assert metrics["last_loss"] < metrics["first_loss"] < 0.7  # starts at log 2 (zero score head)
-    assert metrics["eval_accuracy"] > 0.6, metrics
-    assert metrics["eval_gold_accuracy"] > 0.6 and metrics["eval_gold_pairs"] > 50
+    assert metrics["last_loss"] < metrics["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # zero head: log 2
+    assert metrics["eval_gold_pairs"] > 100 and metrics["eval_gold_ties_excluded"] >= 0
     for key in (
+        "eval_accuracy",
+        "eval_gold_accuracy",
         "eval_margin",
         "eval_calibration",
         "eval_length_correlation",
@@ -29,6 +30,42 @@ def test_rm_learns_the_synthetic_preferences(micro_rm: Path) -> None:
         "eval_accuracy_longer_rejected",
     ):
         assert key in metrics
+
+
+def test_rm_ranks_held_out_pairs(runner, micro_sft: Path, tmp_path: Path) -> None:
+    """A preference a micro model can learn in seconds (concise over chatty) must rank held-out pairs."""
+    rows = [json.loads(line) for line in (REPO / "data/synthetic/sft.jsonl").read_text().splitlines()[:800]]
+    pairs = [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["completion"],
+            "rejected": f"Well, let me think. {r['completion']}",
+        }
+        for r in rows
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    result = invoke(
+        runner,
+        "rm",
+        "--model",
+        micro_sft,
+        "--data",
+        data,
+        "--output",
+        tmp_path / "rm",
+        "--full",
+        "--max-steps",
+        "60",
+        "--lr",
+        "2e-3",
+        "--batch-size",
+        "16",
+        "--set",
+        "train.save_steps=0",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = load_artifact(tmp_path / "rm").metrics
+    assert metrics["eval_pairs"] == 80 and metrics["eval_accuracy"] > 0.9, metrics
 
 
 def test_plain_transformers_reload_gives_the_same_scores(micro_rm: Path) -> None:
@@ -122,7 +159,7 @@ def test_real_hh_rlhf_trains(runner, micro_base: Path, tmp_path: Path, shared_da
     )
     assert result.exit_code == 0, result.output
     artifact = load_artifact(tmp_path / "rm")
-    assert 0.0 <= artifact.metrics["eval_accuracy"] <= 1.0 and artifact.metrics["eval_pairs"] > 50
+    assert 0.0 <= artifact.metrics["eval_accuracy"] <= 1.0 and artifact.metrics["eval_pairs"] > 20
     assert artifact.manifest["data"]["dropped"]  # long multi-turn dialogues are counted, not silently cut
     assert "eval_gold_accuracy" not in artifact.metrics  # gold exists for synthetic tasks only
 
@@ -136,6 +173,6 @@ def test_reward_functions_are_validated() -> None:
         load_reward_function("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="expects module:function"):
         load_reward_function("just_a_name")
-    bad = load_reward_function("builtins:len")
-    with pytest.raises(AlignError, match="returned int"):
-        bad(["a"], ["b"])
+    bad = load_reward_function("tests.rewards:wrong_length")
+    with pytest.raises(AlignError, match="returned list of length 1, expected 2"):
+        bad(["a", "b"], ["c", "d"])

@@ -19,20 +19,8 @@ from align.data import load_data
 from align.models import load_policy, load_tokenizer, resolve_model
 from tests.conftest import REPO, invoke, synthetic_sft_rows, write_jsonl
 
-FAST = [
-    "--max-steps",
-    "30",
-    "--batch-size",
-    "8",
-    "--lr",
-    "3e-3",
-    "--set",
-    "train.logging_steps=5",
-    "--set",
-    "train.save_steps=0",
-    "--set",
-    "max_length=96",
-]
+FAST = "--max-steps 40 --batch-size 8 --lr 3e-3 --set train.logging_steps=5 --set train.save_steps=0".split()  # noqa: SIM905
+FAST += ["--set", "max_length=96"]
 
 
 def messages_rows(n: int) -> list[dict]:
@@ -67,8 +55,8 @@ def test_sft_lora_on_each_format(runner, micro_base: Path, tmp_path: Path, shape
     assert result.exit_code == 0, result.output
     artifact = load_artifact(result.stdout.strip().splitlines()[-1], expect_stage="sft")
     metrics = artifact.metrics
-    assert metrics["last_loss"] < metrics["first_loss"] * 0.8, metrics
-    assert metrics["perplexity"] > 1 and metrics["steps"] == 30
+    assert metrics["last_loss"] < metrics["first_loss"] * 0.9, metrics
+    assert metrics["perplexity"] > 1 and metrics["steps"] == 40
     assert artifact.manifest["data"]["rows"] + sum(artifact.manifest["data"]["dropped"].values()) == 300
     assert_plain_peft_reload_generates(artifact.path)
 
@@ -144,17 +132,33 @@ def test_full_fine_tuning_and_merged_export(runner, micro_base: Path, tmp_path: 
     assert len(changed) >= len(before) - 2  # every trainable tensor moved (tied/buffer entries aside)
 
 
-def test_completion_only_loss_masks_the_prompt_and_keeps_eos(micro_base: Path) -> None:
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+def test_completion_only_loss_masks_the_prompt_and_keeps_eos(micro_base: Path, tmp_path: Path) -> None:
+    import datasets
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
 
     from align.tokenize import tokenize_sft
 
-    tokenizer = load_tokenizer(resolve_model(str(micro_base)))
+    source = resolve_model(str(micro_base))
+    tokenizer = load_tokenizer(source)
     data = load_data(str(REPO / "data/synthetic/sft.jsonl"), "sft", limit=4)
     rows = tokenize_sft(data, tokenizer, max_length=96)
-    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, completion_only_loss=True)(
-        rows
+    args = TRLSFTConfig(
+        output_dir=str(tmp_path),
+        completion_only_loss=True,
+        report_to="none",
+        max_length=96,
+        bf16=False,
+        use_cpu=True,
     )
+    trainer = SFTTrainer(
+        model=load_policy(source),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    prepared = [trainer.train_dataset[i] for i in range(len(rows))]
+    batch = trainer.data_collator(prepared)
     for i, row in enumerate(rows):
         n_prompt = row["completion_mask"].index(1)
         labels = batch["labels"][i, : len(row["input_ids"])].tolist()

@@ -1,0 +1,127 @@
+"""`align pipeline`: the stages of a recipe in order, each artifact feeding the next.
+
+    align pipeline --recipe recipes/tiny/pipeline.yaml [--from ppo] [--only rm]
+
+A stage is skipped when its artifact exists with the same resolved config, the same parent artifacts
+(by content hash) and the same data (by sha256), so a rerun after a crash or an edit redoes only what
+changed, and what depends on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from align import config as configs
+from align.artifacts import Artifact, is_artifact, load_artifact
+from align.config import build_config, load_recipe, to_dict
+from align.data.sources import open_source
+from align.errors import ConfigError
+
+ORDER = ("pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo")
+CONFIGS = {
+    "pretrain": configs.PretrainConfig,
+    "sft": configs.SFTConfig,
+    "rm": configs.RMConfig,
+    "ppo": configs.PPOConfig,
+    "dpo": configs.DPOConfig,
+    "grpo": configs.GRPOConfig,
+    "rloo": configs.RLOOConfig,
+}
+# which earlier artifact fills which input of a stage
+INPUTS = {
+    "sft": {"model": "pretrain"},
+    "rm": {"model": "sft"},
+    "ppo": {"model": "sft", "reward_model": "rm"},
+    "dpo": {"model": "sft"},
+    "grpo": {"model": "sft"},
+    "rloo": {"model": "sft"},
+}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    path: Path
+    skipped: bool
+
+
+def run(
+    recipe: str | Path,
+    start: str | None = None,
+    only: str | None = None,
+    report: Callable[[str], None] = print,
+) -> list[StageResult]:
+    spec = load_recipe(recipe)
+    unknown = set(spec) - {"run", "stages", "set"}
+    if unknown:
+        raise ConfigError(f"{recipe}: unknown pipeline key(s) {sorted(unknown)} (known: run, stages, set)")
+    root = Path(spec.get("run") or "runs/pipeline")
+    stages = spec.get("stages") or {}
+    bad = [s for s in stages if s not in ORDER]
+    if bad:
+        raise ConfigError(f"{recipe}: unknown stage(s) {bad} (known: {', '.join(ORDER)})")
+    for name in (start, only):
+        if name is not None and name not in stages:
+            raise ConfigError(f"stage '{name}' is not in {recipe} (has: {', '.join(stages)})")
+    ordered = [s for s in ORDER if s in stages]
+    configs_by_stage = {
+        stage: _stage_config(stage, stages[stage], spec.get("set", {}).get(stage, {}), root, stages)
+        for stage in ordered
+    }
+    results, forced = [], False
+    for stage in ordered:
+        config = configs_by_stage[stage]
+        selected = (only is None or stage == only) and (
+            start is None or ordered.index(stage) >= ordered.index(start)
+        )
+        output = Path(config.output)
+        if not selected:
+            results.append(StageResult(stage, output, True))
+            continue
+        if not forced and up_to_date(output, config):
+            report(f"{stage}: up to date, skipped ({output})")
+            results.append(StageResult(stage, output, True))
+            continue
+        forced = True  # everything after a rerun stage depends on it
+        report(f"{stage}: running -> {output}")
+        module = importlib.import_module(f"align.stages.{stage}")
+        artifact: Artifact = module.run(config)
+        results.append(StageResult(stage, artifact.path, False))
+    return results
+
+
+def up_to_date(output: Path, config: Any) -> bool:
+    """Same resolved config, same parents (content hash) and same data (sha256) as the existing artifact."""
+    if not is_artifact(output):
+        return False
+    manifest = load_artifact(output).manifest
+    if manifest.get("config") != to_dict(config):
+        return False
+    for record in manifest.get("parents", []):
+        parent = output / record["path"]
+        if not is_artifact(parent) or load_artifact(parent).sha256 != record.get("sha256"):
+            return False
+    source = getattr(config, "data", None) or getattr(config, "prompts", None)
+    recorded = manifest.get("data", {}).get("sha256") or manifest.get("data", {}).get("prompts", {}).get(
+        "sha256"
+    )
+    return source is None or open_source(source).sha256 == recorded
+
+
+def _stage_config(stage: str, recipe: str, sets: dict[str, Any], root: Path, stages: dict[str, str]) -> Any:
+    flags: dict[str, Any] = {"output": str(root / stage)}
+    for field, parent in INPUTS.get(stage, {}).items():
+        if parent in stages:
+            flags[field] = str(root / parent)
+    if stage in ("ppo", "grpo", "rloo") and "reward_model" in flags:
+        flags["reward"] = None  # the pipeline's RM replaces a recipe's reward function
+    overrides = [f"{key}={value}" for key, value in sets.items()]
+    config = build_config(CONFIGS[stage], recipe, {}, overrides)
+    for key, value in flags.items():  # wiring wins over recipes: stages must chain within this run
+        setattr(config, key, value)
+    config.validate()
+    return config

@@ -132,6 +132,17 @@ def save_adapter(model: Any, model_dir: Path, source: ModelSource) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
+def save_policy(model: Any, tokenizer: Any, writer: ArtifactWriter, source: ModelSource, lora: bool) -> None:
+    """Write a policy artifact's model/ (adapter or full weights, plus tokenizer) and record its base."""
+    if lora:
+        save_adapter(model, writer.model_dir, source)
+    else:
+        model.save_pretrained(str(writer.model_dir))
+    tokenizer.save_pretrained(str(writer.model_dir))
+    writer.extra["model_format"] = "lora" if lora else "full"
+    record_base(writer, source)
+
+
 def record_base(writer: ArtifactWriter, source: ModelSource) -> None:
     """Record the model a stage started from: as a parent artifact when it is one."""
     if source.artifact is not None:

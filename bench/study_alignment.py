@@ -93,7 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/tiny"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.02, 0.1, 0.3])
+    parser.add_argument(
+        "--single-seed",
+        nargs="+",
+        default=["grpo_gold", "rloo_gold"],
+        help="methods run for the first seed only",
+    )
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.2])
     parser.add_argument("--only", nargs="+", help="methods to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results/alignment.json"))
     args = parser.parse_args()
@@ -103,7 +109,7 @@ def main() -> None:
     results.setdefault("runs", {})
     for seed in args.seeds:
         for name, command in methods(args.runs, seed).items():
-            if args.only and name not in args.only:
+            if (args.only and name not in args.only) or (name in args.single_seed and seed != args.seeds[0]):
                 continue
             output = args.runs / "study" / f"{name}-seed{seed}"
             seconds = align(*command, "--output", str(output))

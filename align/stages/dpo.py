@@ -21,7 +21,7 @@ from align import training
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import DPOConfig, to_dict
 from align.data import load_data
-from align.models import load_policy, load_tokenizer, lora_config, record_base, resolve_model, save_adapter
+from align.models import load_policy, load_tokenizer, lora_config, resolve_model, save_policy
 from align.stages.rm import split_by_group
 from align.tokenize import tokenize_pairs
 
@@ -70,15 +70,9 @@ def run(config: DPOConfig, resume: bool = False) -> Artifact:
         if eval_rows:
             summary.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
         summary["reference_copies"] = 0 if reference is None else 1
-        if config.lora.enabled:
-            save_adapter(trainer.model, writer.model_dir, source)
-        else:
-            trainer.model.save_pretrained(str(writer.model_dir))
-        tokenizer.save_pretrained(str(writer.model_dir))
+        save_policy(trainer.model, tokenizer, writer, source, config.lora.enabled)
         writer.data = data.info()
         if held_out:
             writer.data["eval"] = held_out.info()
         writer.metrics = summary
-        writer.extra["model_format"] = "lora" if config.lora.enabled else "full"
-        record_base(writer, source)
         return writer.commit()

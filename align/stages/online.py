@@ -24,9 +24,8 @@ from align.models import (
     load_tokenizer,
     lora_config,
     pick_device,
-    record_base,
     resolve_model,
-    save_adapter,
+    save_policy,
 )
 from align.rewards import RewardFn, RewardModel, load_reward_function
 
@@ -69,16 +68,10 @@ def run_online(
         summary = training.train(trainer, writer, resume)
         rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
         summary.update({"first_reward": rewards[0], "last_reward": rewards[-1]} if rewards else {})
-        if config.lora.enabled:
-            save_adapter(trainer.model, writer.model_dir, source)
-        else:
-            trainer.model.save_pretrained(str(writer.model_dir))
-        tokenizer.save_pretrained(str(writer.model_dir))
+        save_policy(trainer.model, tokenizer, writer, source, config.lora.enabled)
         writer.data = prompts.info()
         writer.metrics = summary
-        writer.extra["model_format"] = "lora" if config.lora.enabled else "full"
         writer.extra["reward"] = config.reward or {"stage": "rm"}
-        record_base(writer, source)
         if rm_artifact is not None:
             writer.add_parent(rm_artifact)
         return writer.commit()

@@ -21,13 +21,11 @@ from align.artifacts import Artifact, ArtifactWriter
 from align.config import SFTConfig, to_dict
 from align.data import load_data
 from align.models import (
-    ModelSource,
     load_policy,
     load_tokenizer,
     lora_config,
-    record_base,
     resolve_model,
-    save_adapter,
+    save_policy,
 )
 from align.tokenize import tokenize_sft
 
@@ -64,13 +62,14 @@ def run(config: SFTConfig, resume: bool = False) -> Artifact:
         )
         summary = training.train(trainer, writer, resume)
         summary.update(training.evaluate_loss(trainer))
-        _save(trainer.model, tokenizer, writer, source, config)
+        save_policy(trainer.model, tokenizer, writer, source, config.lora.enabled)
+        if config.lora.enabled and config.save_merged:  # after the adapter: merging changes the model
+            trainer.model.merge_and_unload().save_pretrained(str(writer.work_dir / "merged"))
+            tokenizer.save_pretrained(str(writer.work_dir / "merged"))
         writer.data = data.info()
         if held_out:
             writer.data["eval"] = held_out.info()
         writer.metrics = summary
-        writer.extra["model_format"] = "lora" if config.lora.enabled else "full"
-        record_base(writer, source)
         return writer.commit()
 
 
@@ -80,15 +79,3 @@ def _split(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list
     n_eval = max(1, int(len(rows) * fraction))
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
-
-
-def _save(model: Any, tokenizer: Any, writer: ArtifactWriter, source: ModelSource, config: SFTConfig) -> None:
-    if config.lora.enabled:
-        save_adapter(model, writer.model_dir, source)
-        if config.save_merged:
-            merged = model.merge_and_unload()
-            merged.save_pretrained(str(writer.work_dir / "merged"))
-            tokenizer.save_pretrained(str(writer.work_dir / "merged"))
-    else:
-        model.save_pretrained(str(writer.model_dir))
-    tokenizer.save_pretrained(str(writer.model_dir))

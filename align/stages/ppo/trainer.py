@@ -29,7 +29,7 @@ from align.data import load_data
 from align.data.synthetic import family_of, gold_reward
 from align.errors import DataError
 from align.generation import response_logprobs
-from align.models import load_tokenizer, pick_device, record_base, resolve_model, save_adapter
+from align.models import load_tokenizer, pick_device, resolve_model, save_policy
 from align.stages.ppo import core
 from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
 from align.stages.ppo.rollout import HFSampler, Trajectory, collect
@@ -60,15 +60,9 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
                 "trainable_critic_parameters": sum(p.numel() for p in trainable(critic)),
             }
         )
-        if config.lora.enabled:
-            save_adapter(policy, writer.model_dir, source)
-        else:
-            policy.save_pretrained(str(writer.model_dir))
-        tokenizer.save_pretrained(str(writer.model_dir))
+        save_policy(policy, tokenizer, writer, source, config.lora.enabled)
         writer.data = {"prompts": loop.prompt_info}
         writer.metrics = summary
-        writer.extra["model_format"] = "lora" if config.lora.enabled else "full"
-        record_base(writer, source)
         if rm_artifact is not None:
             writer.add_parent(rm_artifact)
         writer.extra["reward"] = config.reward or {"stage": "rm"}

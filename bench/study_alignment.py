@@ -30,9 +30,20 @@ def align(*args: str) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def evaluate(policy: Path, rm: Path) -> dict:
+def evaluate(policy: Path, rm: Path, reference: Path) -> dict:
     report = policy.with_name(policy.name + "-eval.json")
-    align("eval", "--model", str(policy), "--reward-model", str(rm), "--json", str(report))
+    if not report.exists() or "kl_to_reference" not in json.loads(report.read_text()):
+        align(
+            "eval",
+            "--model",
+            str(policy),
+            "--reward-model",
+            str(rm),
+            "--reference",
+            str(reference),
+            "--json",
+            str(report),
+        )
     figures = json.loads(report.read_text())
     keep = (
         "gold_sampled",
@@ -105,29 +116,47 @@ def main() -> None:
     args = parser.parse_args()
     rm = args.runs / "rm"
     results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results["sft"] = evaluate(args.runs / "sft", rm)
+    sft = args.runs / "sft"
+    results["sft"] = evaluate(sft, rm, sft)
     results.setdefault("runs", {})
     for seed in args.seeds:
         for name, command in methods(args.runs, seed).items():
             if (args.only and name not in args.only) or (name in args.single_seed and seed != args.seeds[0]):
                 continue
             output = args.runs / "study" / f"{name}-seed{seed}"
-            seconds = align(*command, "--output", str(output))
-            results["runs"].setdefault(name, {})[str(seed)] = {**evaluate(output, rm), "seconds": seconds}
+            done = results["runs"].get(name, {}).get(str(seed), {})
+            seconds = (
+                done["seconds"]
+                if (output / "manifest.json").exists() and done
+                else align(*command, "--output", str(output))
+            )
+            results["runs"].setdefault(name, {})[str(seed)] = {
+                **evaluate(output, rm, sft),
+                "seconds": seconds,
+            }
             print(name, seed, results["runs"][name][str(seed)], flush=True)
+            save(args.out, results)
     if not args.only or "beta_sweep" in args.only:
         for beta in args.betas:
             output = args.runs / "study" / f"ppo_rm-beta{beta}"
-            command = methods(args.runs, 0)["ppo_rm"]
-            seconds = align(
-                *command, "--kl-coef", str(beta), "--set", "ppo.steps=120", "--output", str(output)
-            )
-            results.setdefault("beta_sweep", {})[str(beta)] = {**evaluate(output, rm), "seconds": seconds}
+            done = results.get("beta_sweep", {}).get(str(beta), {})
+            command = [*methods(args.runs, 0)["ppo_rm"], "--kl-coef", str(beta), "--output", str(output)]
+            seconds = done["seconds"] if (output / "manifest.json").exists() and done else align(*command)
+            results.setdefault("beta_sweep", {})[str(beta)] = {
+                **evaluate(output, rm, sft),
+                "seconds": seconds,
+            }
             print("beta", beta, results["beta_sweep"][str(beta)], flush=True)
+            save(args.out, results)
     results["summary"] = summarise(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(args.out, results)
     print(table(results))
+
+
+def save(path: Path, results: dict) -> None:
+    """After every run, so an interrupted study keeps what it measured (and a rerun reuses it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def summarise(results: dict) -> dict:

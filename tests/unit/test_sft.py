@@ -253,3 +253,56 @@ def test_moved_runs_still_load(runner, micro_base: Path, tmp_path: Path) -> None
     assert str(tmp_path) not in (moved / "model/adapter_config.json").read_text()
     torch.testing.assert_close(load_policy(resolve_model(str(moved)))(ids).logits, before)
     assert invoke(runner, "verify", moved).exit_code == 0
+
+
+def test_save_merged_writes_plain_weights_equal_to_the_adapter_model(
+    runner, micro_base: Path, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(100))
+    result = invoke(
+        runner,
+        "sft",
+        "--model",
+        micro_base,
+        "--data",
+        data,
+        "--output",
+        tmp_path / "sft",
+        "--save-merged",
+        "--max-steps",
+        "3",
+        "--set",
+        "train.save_steps=0",
+    )
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sft/merged").eval()
+    ids = torch.tensor([[3, 10, 11, 12]])
+    adapter = load_policy(resolve_model(str(tmp_path / "sft"))).eval()
+    torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_data_inspect_reports_rows_drops_lengths_and_examples(
+    runner, micro_base: Path, tmp_path: Path
+) -> None:
+    rows = [*synthetic_sft_rows(20), {"prompt": "x", "completion": " "}]
+    result = invoke(
+        runner,
+        "data",
+        "inspect",
+        write_jsonl(tmp_path / "d.jsonl", rows),
+        "--kind",
+        "sft",
+        "--tokenizer",
+        micro_base,
+    )
+    assert result.exit_code == 0, result.output
+    for fragment in (
+        "rows read",
+        "21",
+        "usable rows",
+        "20",
+        "dropped: empty completion",
+        "tokens p90",
+        "examples",
+    ):
+        assert fragment in result.stdout

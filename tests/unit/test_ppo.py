@@ -113,12 +113,12 @@ def test_resume_continues_bit_for_bit(runner, micro_sft: Path, tmp_path: Path, m
 
     original = trainer.PPOLoop.iteration
 
-    def crash_on_third(self):
-        if self.step == 2:
+    def crash_in_fourth(self):  # step 3 is logged but not checkpointed (checkpoint at 2)
+        if self.step == 3:
             raise KeyboardInterrupt
         return original(self)
 
-    monkeypatch.setattr(trainer.PPOLoop, "iteration", crash_on_third)
+    monkeypatch.setattr(trainer.PPOLoop, "iteration", crash_in_fourth)
     assert invoke(runner, *ppo_args(micro_sft, tmp_path / "resumed", *common)).exit_code == 130
     assert (tmp_path / "resumed.partial/checkpoints/step-2").is_dir() and not (tmp_path / "resumed").exists()
     monkeypatch.setattr(trainer.PPOLoop, "iteration", original)

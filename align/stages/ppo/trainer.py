@@ -375,6 +375,10 @@ class PPOLoop:
         progress = json.loads((latest / "progress.json").read_text())
         self.step, self.history = progress["step"], progress["history"]
         self.kl.load_state_dict(progress["kl"])
+        log = self.writer.logs_dir / "metrics.jsonl"
+        if log.exists():  # steps logged after this checkpoint are about to be run again
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            log.write_text("".join(line + "\n" for line in kept))
 
 
 def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], dict[str, Any]]:

@@ -40,6 +40,23 @@ MaxSteps = Annotated[int | None, typer.Option(help="Optimiser steps; overrides e
 Epochs = Annotated[float | None, typer.Option(help="Passes over the data (train.epochs).")]
 BatchSize = Annotated[int | None, typer.Option(help="Per-device batch size (train.batch_size).")]
 Seed = Annotated[int | None, typer.Option(help="Random seed (train.seed).")]
+Lora = Annotated[
+    bool | None, typer.Option("--lora/--full", help="LoRA adapters (default) or full fine-tuning.")
+]
+EvalData = Annotated[str | None, typer.Option(help="Held-out data; default: eval_fraction of --data.")]
+MaxLength = Annotated[
+    int | None, typer.Option(help="Longest row in tokens; longer rows are dropped and counted.")
+]
+TrustRemoteCode = Annotated[
+    bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
+]
+RewardModelArtifact = Annotated[str | None, typer.Option("--reward-model", help="Reward-model artifact.")]
+RewardFunction = Annotated[
+    str | None, typer.Option("--reward", help="Python reward `module:function` instead of an RM.")
+]
+Prompts = Annotated[
+    str | None, typer.Option("--prompts", help="Prompts file (a pairs or sft file also serves).")
+]
 
 
 def _quiet_libraries() -> None:
@@ -134,21 +151,15 @@ def sft(
         bool | None, typer.Option("--lora/--full", help="LoRA adapters (default) or full fine-tuning.")
     ] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank (lora.r).")] = None,
-    eval_data: Annotated[
-        str | None, typer.Option(help="Held-out data; default: eval_fraction of --data.")
-    ] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Longest row in tokens; longer rows are dropped.")
-    ] = None,
+    eval_data: EvalData = None,
+    max_length: MaxLength = None,
     packing: Annotated[
         bool | None, typer.Option("--packing/--no-packing", help="Pack rows into full sequences.")
     ] = None,
     save_merged: Annotated[
         bool | None, typer.Option("--save-merged", help="Also write LoRA-merged weights.")
     ] = None,
-    trust_remote_code: Annotated[
-        bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
-    ] = None,
+    trust_remote_code: TrustRemoteCode = None,
     sets: Sets = None,
 ) -> None:
     """Supervised fine-tuning on instruction/chat data (loss on completions only)."""
@@ -185,21 +196,13 @@ def rm(
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     seed: Seed = None,
-    lora: Annotated[
-        bool | None, typer.Option("--lora/--full", help="LoRA adapters (merged on save) or full.")
-    ] = None,
-    eval_data: Annotated[
-        str | None, typer.Option(help="Held-out pairs; default: eval_fraction of --data.")
-    ] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Longest pair in tokens; longer pairs are dropped.")
-    ] = None,
+    lora: Lora = None,
+    eval_data: EvalData = None,
+    max_length: MaxLength = None,
     margin: Annotated[
         float | None, typer.Option(help="Required score gap in the Bradley-Terry loss.")
     ] = None,
-    trust_remote_code: Annotated[
-        bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
-    ] = None,
+    trust_remote_code: TrustRemoteCode = None,
     sets: Sets = None,
 ) -> None:
     """Reward model on ranked pairs (Bradley-Terry), initialised from the SFT policy."""
@@ -258,24 +261,16 @@ def ppo(
     model: Model = None,
     output: Output = None,
     resume: Resume = False,
-    reward_model: Annotated[str | None, typer.Option(help="Reward-model artifact.")] = None,
-    reward: Annotated[
-        str | None, typer.Option(help="Python reward `module:function` instead of an RM.")
-    ] = None,
-    prompts: Annotated[
-        str | None, typer.Option(help="Prompts file (a pairs or sft file also serves).")
-    ] = None,
+    reward_model: RewardModelArtifact = None,
+    reward: RewardFunction = None,
+    prompts: Prompts = None,
     steps: Annotated[int | None, typer.Option(help="PPO iterations (ppo.steps).")] = None,
     lr: LearningRate = None,
     kl_coef: Annotated[float | None, typer.Option(help="KL penalty beta (ppo.kl_coef).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (ppo.seed).")] = None,
-    lora: Annotated[
-        bool | None, typer.Option("--lora/--full", help="LoRA policy (reference = adapters off) or full.")
-    ] = None,
+    lora: Lora = None,
     critic: Annotated[str | None, typer.Option(help="auto, rm_lora, rm_copy or policy_copy.")] = None,
-    trust_remote_code: Annotated[
-        bool | None, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
-    ] = None,
+    trust_remote_code: TrustRemoteCode = None,
     sets: Sets = None,
 ) -> None:
     """PPO against a reward model or a reward function, with a per-token KL penalty to the SFT policy."""
@@ -312,18 +307,10 @@ def dpo(
         float | None, typer.Option(help="DPO beta: strength of the pull to the reference.")
     ] = None,
     loss_type: Annotated[str | None, typer.Option(help="sigmoid (DPO), ipo, hinge, robust, ...")] = None,
-    lora: Annotated[
-        bool | None, typer.Option("--lora/--full", help="LoRA (reference = adapters off) or full.")
-    ] = None,
-    eval_data: Annotated[
-        str | None, typer.Option(help="Held-out pairs; default: eval_fraction of --data.")
-    ] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Longest pair in tokens; longer pairs are dropped.")
-    ] = None,
-    trust_remote_code: Annotated[
-        bool | None, typer.Option("--trust-remote-code", help="Allow hub model code.")
-    ] = None,
+    lora: Lora = None,
+    eval_data: EvalData = None,
+    max_length: MaxLength = None,
+    trust_remote_code: TrustRemoteCode = None,
     sets: Sets = None,
 ) -> None:
     """Direct preference optimisation of the SFT policy on preference pairs."""
@@ -348,22 +335,16 @@ def _online_command(stage: str, config_cls: str, summary: str) -> Callable[..., 
         model: Model = None,
         output: Output = None,
         resume: Resume = False,
-        reward_model: Annotated[str | None, typer.Option(help="Reward-model artifact.")] = None,
-        reward: Annotated[
-            str | None, typer.Option(help="Python reward `module:function` instead of an RM.")
-        ] = None,
-        prompts: Annotated[
-            str | None, typer.Option(help="Prompts file (a pairs or sft file also serves).")
-        ] = None,
+        reward_model: RewardModelArtifact = None,
+        reward: RewardFunction = None,
+        prompts: Prompts = None,
         num_generations: Annotated[int | None, typer.Option(help="Responses sampled per prompt.")] = None,
         beta: Annotated[float | None, typer.Option(help="KL coefficient to the reference.")] = None,
         lr: LearningRate = None,
         max_steps: MaxSteps = None,
         batch_size: BatchSize = None,
         seed: Seed = None,
-        lora: Annotated[
-            bool | None, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")
-        ] = None,
+        lora: Lora = None,
         sets: Sets = None,
     ) -> None:
         flags = {

@@ -42,6 +42,13 @@ class Sampling:
         )
 
 
+def encode_left_padded(tokenizer: Any, prompts: list[str], device: torch.device) -> Any:
+    """Rendered prompts as one left-padded batch, so every row's continuation starts at the same column."""
+    return tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    ).to(device)
+
+
 @torch.no_grad()
 def generate_ids(
     model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling, batch_size: int = 64, seed: int = 0
@@ -53,13 +60,7 @@ def generate_ids(
     config = sampling.generation_config(tokenizer)
     responses: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(
-            prompts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-        ).to(device)
+        batch = encode_left_padded(tokenizer, prompts[start : start + batch_size], device)
         output = model.generate(**batch, generation_config=config)
         for row in output[:, batch["input_ids"].shape[1] :].tolist():
             cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
@@ -119,13 +120,7 @@ def sequence_kl(
     device = next(policy.parameters()).device
     kls: list[float] = []
     for start in range(0, len(prompts), batch_size):
-        queries = tokenizer(
-            prompts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-        ).to(device)
+        queries = encode_left_padded(tokenizer, prompts[start : start + batch_size], device)
         rows = responses[start : start + batch_size]
         width = max(1, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, device=device)

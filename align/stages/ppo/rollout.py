@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from align.generation import decode_response, response_logprobs
+from align.generation import decode_response, encode_left_padded, response_logprobs
 from align.stages.ppo.core import INVALID_LOGPROB, truncate_at_eos
 
 
@@ -31,19 +31,9 @@ class Trajectory:
     entropy: torch.Tensor  # [B, T] policy entropy per token
     scores: torch.Tensor  # [B] reward of the whole response (after the missing-EOS penalty)
     raw_scores: torch.Tensor  # [B] reward as the reward model/function returned it
+    ended: torch.Tensor  # [B] bool: the response contains its stop token
     prompt_texts: list[str]
     response_texts: list[str]
-
-    @property
-    def responses(self) -> torch.Tensor:
-        return self.query_responses[:, self.query_length :]
-
-    @property
-    def ended(self) -> torch.Tensor:
-        """[B] bool: the response contains its stop token."""
-        return torch.tensor([text.endswith(self.eos_text) for text in self.response_texts])
-
-    eos_text: str = ""
 
 
 class Sampler(Protocol):
@@ -92,9 +82,7 @@ def collect(
     device: torch.device,
 ) -> Trajectory:
     """Steps 1-4 of a PPO iteration: sample, truncate at EOS, score tokens, score responses."""
-    queries = tokenizer(
-        prompt_texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-    ).to(device)
+    queries = encode_left_padded(tokenizer, prompt_texts, device)
     query_length = queries["input_ids"].shape[1]
     # 1. sample
     raw = sampler.sample(policy, queries["input_ids"], queries["attention_mask"])
@@ -135,7 +123,7 @@ def collect(
         entropy,
         scores,
         raw_scores,
+        ended,
         prompt_texts,
         response_texts,
-        eos_text=tokenizer.eos_token,
     )

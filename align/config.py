@@ -94,13 +94,7 @@ class SFTConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self) -> None:
-        _require_paths(self, "model", "data", "output")
-        _require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
-        _require(self.max_length >= 8, "max_length must be >= 8")
-        _require(self.limit is None or self.limit >= 1, "limit must be >= 1")
-        if self.lora.enabled:
-            self.lora.validate()
-        self.train.validate()
+        _validate_data_stage(self)
 
 
 @dataclass
@@ -122,14 +116,9 @@ class RMConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self) -> None:
-        _require_paths(self, "model", "data", "output")
-        _require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
-        _require(self.max_length >= 8, "max_length must be >= 8")
+        _validate_data_stage(self)
         _require(self.margin >= 0, "margin must be >= 0")
         _require(self.center_rewards is None or self.center_rewards >= 0, "center_rewards must be >= 0")
-        if self.lora.enabled:
-            self.lora.validate()
-        self.train.validate()
 
 
 @dataclass
@@ -153,15 +142,10 @@ class DPOConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self) -> None:
-        _require_paths(self, "model", "data", "output")
-        _require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
-        _require(self.max_length >= 8, "max_length must be >= 8")
+        _validate_data_stage(self)
         _require(self.beta > 0, "beta must be > 0")
         _require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
         _require(self.sft_weight >= 0, "sft_weight must be >= 0")
-        if self.lora.enabled:
-            self.lora.validate()
-        self.train.validate()
 
 
 @dataclass
@@ -505,6 +489,17 @@ def _set_path(values: dict[str, Any], dotted: str, value: Any) -> None:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _validate_data_stage(config: Any) -> None:
+    """What SFT, RM and DPO share: inputs named, held-out share, length bound, row limit, LoRA and optimiser."""
+    _require_paths(config, "model", "data", "output")
+    _require(0.0 <= config.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
+    _require(config.max_length >= 8, "max_length must be >= 8")
+    _require(config.limit is None or config.limit >= 1, "limit must be >= 1")
+    if config.lora.enabled:
+        config.lora.validate()
+    config.train.validate()
 
 
 def _require_paths(config: Any, *names: str) -> None:

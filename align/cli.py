@@ -451,7 +451,9 @@ def pipeline(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Option(help="Policy artifact, model directory or hub id.")],
+    model: Annotated[
+        list[str], typer.Option(help="Policy artifact, model directory or hub id (repeat to compare).")
+    ],
     prompts: Annotated[
         str | None, typer.Option(help="Held-out prompts (default: synthetic eval set).")
     ] = None,
@@ -463,33 +465,131 @@ def eval_command(
         str | None, typer.Option(help="Also report this RM's score of the responses.")
     ] = None,
     reference: Annotated[str | None, typer.Option(help="KL reference (default: the SFT parent).")] = None,
+    best_of_n: Annotated[
+        list[int] | None, typer.Option(help="Best-of-n baseline picked by --reward-model (repeatable).")
+    ] = None,
+    perplexity_data: Annotated[str | None, typer.Option(help="Text set to report perplexity on.")] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="RM judging the win rate (default: --reward-model, else gold).")
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
     recipe: Recipe = None,
     sets: Sets = None,
 ) -> None:
-    """Gold score (sampled at T=0.7 and greedy, per family), RM score and KL to the SFT policy."""
+    """Gold score (sampled and greedy, per family), RM score, KL to the SFT policy, BLEU/ROUGE, best-of-n,
+    perplexity; with several --model, the win rate of each against the first."""
 
     def action() -> None:
         from align.config import EvalConfig, build_config
 
         flags = {
-            "model": model,
+            "model": model[0],
             "prompts": prompts,
             "limit": limit,
             "temperature": temperature,
             "reward_model": reward_model,
             "reference": reference,
+            "best_of_n": best_of_n or None,
+            "perplexity_data": perplexity_data,
         }
         cfg = build_config(EvalConfig, recipe, flags, sets)
         _quiet_libraries()
-        from align.evaluate import run
+        from align.evaluate import compare, run
 
-        results = run(cfg)
-        _print_results(model, results)
+        results = compare(cfg, model, judge) if len(model) > 1 else run(cfg)
+        for name, figures in results.get("policies", {model[0]: results}).items():
+            _print_results(name, figures)
+        for match, figures in results.get("win_rate", {}).items():
+            typer.echo(
+                f"win rate {match} (judge {results['judge']}): {figures['win_rate']:.3f} "
+                f"± {figures['ci95']:.3f}  ({figures['wins']} wins, {figures['ties']} ties, {figures['losses']} losses)"
+            )
         if json_out:
             json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+    _handle(action)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Option(help="Policy artifact, model directory or hub id.")],
+    temperature: Annotated[float, typer.Option(help="0 means greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 128,
+    history_turns: Annotated[int, typer.Option(help="Past exchanges the model sees.")] = 4,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    safety_model: Annotated[
+        str | None, typer.Option(help="RM/classifier artifact scoring each reply (safety filter).")
+    ] = None,
+    safety_threshold: Annotated[float, typer.Option(help="Replies scored below this are refused.")] = 0.0,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Chat in the terminal (one message per line; /reset clears the history, /exit or EOF quits)."""
+
+    def action() -> None:
+        from align.errors import ConfigError
+
+        if temperature < 0 or max_new_tokens < 1 or history_turns < 0:
+            raise ConfigError("--temperature and --history-turns must be >= 0, --max-new-tokens >= 1")
+        _quiet_libraries()
+        from align.conversation import Conversation
+        from align.generation import Sampling
+
+        session = Conversation.load(
+            model,
+            safety_model,
+            trust_remote_code,
+            sampling=Sampling(temperature=temperature or None, top_p=top_p, max_new_tokens=max_new_tokens),
+            history_turns=history_turns,
+            system=system,
+            safety_threshold=safety_threshold,
+        )
+        for line in sys.stdin:
+            message = line.strip()
+            if message == "/exit":
+                break
+            if message == "/reset":
+                session.reset()
+                typer.echo("(history cleared)")
+            elif message:
+                typer.echo(f"assistant: {session.reply(message)}")
+
+    _handle(action)
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Option(help="Policy artifact (LoRA adapters are merged).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Export artifact directory.")],
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Also upload model/ to this hub repo (needs network and a token).")
+    ] = None,
+) -> None:
+    """Write a plain transformers model (merged, safetensors, model card with lineage and metrics)."""
+
+    def action() -> None:
+        _quiet_libraries()
+        from align.export import run
+
+        artifact = run(model, output, push_to_hub)
+        typer.echo(f"{artifact.model_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
+
+    _handle(action)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Directory holding the artifacts of a run.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Default: RUN_DIR/report.")] = None,
+) -> None:
+    """PNG plots (losses, RM accuracy, PPO curves, reward-KL frontier, gold vs proxy) and report.md."""
+
+    def action() -> None:
+        from align.report import build
+
+        typer.echo(str(build(run_dir, output)))
 
     _handle(action)
 
@@ -602,6 +702,11 @@ def _print_results(model: str, results: dict[str, Any]) -> None:
     console.print(table)
     if "kl_to_reference" in results:
         console.print(f"KL to {results['reference']}: {results['kl_to_reference']:.3f} nats per response")
+    extras = {
+        k: v for k, v in results.items() if k.startswith(("best_of_", "bleu_", "rougeL_", "text_perplexity"))
+    }
+    if extras:
+        console.print("  ".join(f"{k} {v:.3f}" for k, v in extras.items()))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -354,6 +354,8 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 128
     seed: int = 0
+    best_of_n: list[int] = field(default_factory=list)  # best-of-n baselines (needs reward_model)
+    perplexity_data: str | None = None  # a text set whose perplexity is reported
     write_manifest: bool = True  # store the figures in the artifact's manifest metrics
 
     def validate(self) -> None:
@@ -362,6 +364,8 @@ class EvalConfig:
         _require(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.limit is None or self.limit >= 1, "limit must be >= 1")
+        _require(all(n >= 2 for n in self.best_of_n), "best_of_n values must be >= 2")
+        _require(not self.best_of_n or bool(self.reward_model), "best_of_n needs a reward_model to pick with")
 
 
 def build_config(

@@ -14,42 +14,76 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
+
+import torch
 
 from align.artifacts import update_metrics
 from align.chat import prompt_text
 from align.config import EvalConfig
 from align.data import load_data
-from align.data.synthetic import family_of, gold_reward
+from align.data.synthetic import family_of, gold_reward, parse_task
+from align.errors import DataError
 from align.generation import Sampling, decode_response, generate_ids, sequence_kl
 from align.models import ModelSource, load_policy, load_tokenizer, pick_device, resolve_model
 from align.rewards import RewardModel
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
+    """The figures of one policy (see the module docstring)."""
+    return _evaluate(config)[0]
+
+
+def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> dict[str, Any]:
+    """Evaluate several policies on the same prompts, then the win rate of each later one against the
+    first, judged per prompt on the sampled responses by `judge` (an RM artifact; default the config's
+    RM, else the gold reward of synthetic prompts)."""
+    results, responses = {}, {}
+    for model in models:
+        results[model], prompts, responses[model] = _evaluate(replace(config, model=model))
+    judge = judge or config.reward_model
+    if judge:
+        score = RewardModel.load(judge, device=pick_device()).score
+    elif all(family_of(p) != "unknown" for p in prompts):
+        score, judge = gold_reward, "gold"
+    else:
+        return {"policies": results}
+    first = score(prompts, responses[models[0]])
+    win_rates = {
+        f"{model} vs {models[0]}": win_rate(score(prompts, responses[model]), first) for model in models[1:]
+    }
+    return {"policies": results, "judge": judge, "win_rate": win_rates}
+
+
+def _evaluate(config: EvalConfig) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Figures, rendered prompts and sampled responses of one policy."""
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
     device = pick_device()
     model = load_policy(source).to(device)
-    prompts = [
-        prompt_text(tokenizer, row["prompt"])
-        for row in load_data(config.prompts, "prompts", config.limit).rows
-    ]
+    rows = load_data(config.prompts, "prompts", config.limit).rows
+    prompts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     synthetic = all(family_of(p) != "unknown" for p in prompts)
     scorer = RewardModel.load(config.reward_model, device=device) if config.reward_model else None
     reference = _reference(config, source)
     decodings = {"sampled": Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)}
     if config.greedy:
         decodings["greedy"] = Sampling(temperature=None, max_new_tokens=config.max_new_tokens)
+    references = _reference_answers(config, prompts, synthetic)
     results: dict[str, Any] = {"prompts": len(prompts), "temperature": config.temperature}
+    sampled: list[str] = []
     for name, sampling in decodings.items():
         ids = generate_ids(model, tokenizer, prompts, sampling, config.batch_size, config.seed)
         responses = [decode_response(tokenizer, row) for row in ids]
+        sampled = sampled or responses
         results.update(response_summary(name, responses, tokenizer.eos_token))
         if synthetic:
             results.update(gold_summary(name, prompts, responses))
         if scorer is not None:
             results[f"rm_score_{name}"] = statistics.fmean(scorer.score(prompts, responses))
+        if references is not None:
+            results.update(overlap_summary(name, responses, references, tokenizer.eos_token))
         if reference is not None and name == "sampled":
             reference_model = load_policy(reference).to(device)
             kls = sequence_kl(
@@ -57,9 +91,105 @@ def run(config: EvalConfig) -> dict[str, Any]:
             )
             results["kl_to_reference"] = statistics.fmean(kls)
             results["reference"] = reference.name
+    if scorer is not None:
+        for n in config.best_of_n:
+            results.update(best_of_n(model, tokenizer, prompts, scorer, n, config, synthetic))
+    if config.perplexity_data:
+        texts = [row["text"] for row in load_data(config.perplexity_data, "text", config.limit).rows]
+        results["text_perplexity"] = perplexity(model, tokenizer, texts, config.batch_size)
     if config.write_manifest and source.artifact is not None:
         update_metrics(source.artifact, results)
-    return results
+    return results, prompts, sampled
+
+
+def best_of_n(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    scorer: RewardModel,
+    n: int,
+    config: EvalConfig,
+    synthetic: bool,
+) -> dict[str, float]:
+    """Sample n responses per prompt, keep the one the RM scores highest: the no-training baseline every
+    method must beat at the same KL. Its KL to the sampling policy is log n - (n-1)/n (analytic)."""
+    sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
+    repeated = [p for p in prompts for _ in range(n)]
+    ids = generate_ids(model, tokenizer, repeated, sampling, config.batch_size, config.seed + 1)
+    responses = [decode_response(tokenizer, row) for row in ids]
+    scores = scorer.score(repeated, responses)
+    best = [max(range(i * n, (i + 1) * n), key=scores.__getitem__) for i in range(len(prompts))]
+    figures = {
+        f"best_of_{n}_rm_score": statistics.fmean(scores[i] for i in best),
+        f"best_of_{n}_kl": math.log(n) - (n - 1) / n,
+    }
+    if synthetic:
+        figures[f"best_of_{n}_gold"] = statistics.fmean(gold_reward(prompts, [responses[i] for i in best]))
+    return figures
+
+
+@torch.no_grad()
+def perplexity(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 32) -> float:
+    """exp of the mean next-token loss over every token of the texts (each cut to the context length)."""
+    device = next(model.parameters()).device
+    limit = getattr(model.config, "n_positions", None) or tokenizer.model_max_length
+    total_loss, total_tokens = 0.0, 0
+    model.eval()
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=limit,
+        ).to(device)
+        logits = model(**batch).logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        mask = batch["attention_mask"][:, 1:].bool()
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_loss += losses[mask].sum().item()
+        total_tokens += int(mask.sum())
+    return math.exp(total_loss / max(total_tokens, 1))
+
+
+def win_rate(scores: list[float], baseline: list[float]) -> dict[str, float]:
+    """Share of prompts where `scores` beats `baseline` (ties count half), with a 95 % interval."""
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline, strict=True)]
+    rate = statistics.fmean(outcomes)
+    return {
+        "win_rate": rate,
+        "ci95": 1.96 * statistics.pstdev(outcomes) / math.sqrt(len(outcomes)),
+        "wins": sum(o == 1.0 for o in outcomes),
+        "ties": sum(o == 0.5 for o in outcomes),
+        "losses": sum(o == 0.0 for o in outcomes),
+    }
+
+
+def overlap_summary(name: str, responses: list[str], references: list[str], eos: str) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu) and mean ROUGE-L F1 (rouge-score) of the responses against references."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    hypotheses = [r.removesuffix(eos).strip() for r in responses]
+    rouge = rouge_scorer.RougeScorer(["rougeL"])
+    return {
+        f"bleu_{name}": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        f"rougeL_{name}": statistics.fmean(
+            rouge.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses, strict=True)
+        ),
+    }
+
+
+def _reference_answers(config: EvalConfig, prompts: list[str], synthetic: bool) -> list[str] | None:
+    """The gold answers of synthetic prompts, else the completions of a prompts file that has them."""
+    if synthetic:
+        return [parse_task(p)[1] for p in prompts]  # type: ignore[index]
+    try:
+        rows = load_data(config.prompts, "sft", config.limit).rows
+    except DataError:
+        return None
+    return [row["completion"][-1]["content"] for row in rows] if len(rows) == len(prompts) else None
 
 
 def _reference(config: EvalConfig, source: ModelSource) -> ModelSource | None:

@@ -22,7 +22,7 @@ from align.chat import ensure_chat_template
 from align.config import LoraSettings
 from align.errors import ArtifactError, ConfigError
 
-POLICY_STAGES = ("pretrain", "sft", "ppo", "dpo", "grpo", "rloo")
+POLICY_STAGES = ("pretrain", "sft", "ppo", "dpo", "grpo", "rloo", "export")
 # peft's own default for GPT-2 is c_attn only; the MLP matters as much for instruction tuning.
 _LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"]}
 _FAN_IN_FAN_OUT = {"gpt2"}  # Conv1D layers store weights transposed

@@ -106,9 +106,7 @@ def up_to_date(output: Path, config: Any) -> bool:
         if not is_artifact(parent) or load_artifact(parent).sha256 != record.get("sha256"):
             return False
     source = getattr(config, "data", None) or getattr(config, "prompts", None)
-    recorded = manifest.get("data", {}).get("sha256") or manifest.get("data", {}).get("prompts", {}).get(
-        "sha256"
-    )
+    recorded = manifest.get("data", {}).get("sha256")
     return source is None or open_source(source).sha256 == recorded
 
 

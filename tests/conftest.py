@@ -27,12 +27,18 @@ def invoke(runner: CliRunner, *args: str):
 
 
 @pytest.fixture(scope="session")
-def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def micro_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run directory for the session's micro pipeline (pretrain, sft, rm, ppo, dpo), like runs/tiny."""
+    return tmp_path_factory.mktemp("micro_runs")
+
+
+@pytest.fixture(scope="session")
+def micro_base(micro_runs: Path) -> Path:
     """A pretrain artifact of a micro GPT-2 trained for a few steps on the embedded corpus."""
     from align.config import ArchSettings, PretrainConfig, TokenizerSettings, TrainSettings
     from align.stages import pretrain
 
-    output = tmp_path_factory.mktemp("micro") / "pretrain"
+    output = micro_runs / "pretrain"
     config = PretrainConfig(
         data=str(REPO / "data/synthetic/pretrain.jsonl.gz"),
         output=str(output),
@@ -45,9 +51,9 @@ def micro_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def micro_sft(micro_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def micro_sft(micro_base: Path, micro_runs: Path) -> Path:
     """The micro base after 150 full fine-tuning steps on the synthetic demonstrations."""
-    output = tmp_path_factory.mktemp("pipeline") / "sft"
+    output = micro_runs / "sft"
     result = invoke(
         CliRunner(),
         "sft",
@@ -73,9 +79,9 @@ def micro_sft(micro_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
-def micro_rm(micro_sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def micro_rm(micro_sft: Path, micro_runs: Path) -> Path:
     """A reward model on the micro SFT trunk, trained briefly on the synthetic pairs."""
-    output = tmp_path_factory.mktemp("rm") / "rm"
+    output = micro_runs / "rm"
     result = invoke(
         CliRunner(),
         "rm",
@@ -98,6 +104,77 @@ def micro_rm(micro_sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return output
+
+
+@pytest.fixture(scope="session")
+def micro_ppo(micro_sft: Path, micro_rm: Path, micro_runs: Path) -> Path:
+    """A few LoRA PPO steps of the micro SFT policy against the micro RM (the tiny recipe, shrunk)."""
+    output = micro_runs / "ppo"
+    result = invoke(
+        CliRunner(),
+        "ppo",
+        "--recipe",
+        REPO / "recipes/tiny/ppo.yaml",
+        "--model",
+        micro_sft,
+        "--reward-model",
+        micro_rm,
+        "--output",
+        output,
+        "--steps",
+        "8",
+        *sets(
+            "ppo.rollouts=16",
+            "ppo.mini_batch_size=8",
+            "ppo.micro_batch_size=8",
+            "ppo.max_new_tokens=12",
+            "ppo.save_every=0",
+            "ppo.sample_every=0",
+        ),
+    )
+    assert result.exit_code == 0, result.output
+    return output
+
+
+@pytest.fixture(scope="session")
+def micro_dpo(micro_sft: Path, micro_runs: Path) -> Path:
+    """A short LoRA DPO run of the micro SFT policy on the synthetic pairs."""
+    output = micro_runs / "dpo"
+    result = invoke(
+        CliRunner(),
+        "dpo",
+        "--recipe",
+        REPO / "recipes/tiny/dpo.yaml",
+        "--model",
+        micro_sft,
+        "--output",
+        output,
+        "--max-steps",
+        "30",
+        "--lr",
+        "2e-3",
+        *sets("limit=600", "train.logging_steps=5", "train.save_steps=0"),
+    )
+    assert result.exit_code == 0, result.output
+    return output
+
+
+@pytest.fixture(scope="session")
+def micro_evaluated(
+    micro_sft: Path, micro_ppo: Path, micro_dpo: Path, micro_rm: Path, micro_runs: Path
+) -> Path:
+    """The micro run directory after `align eval` of SFT (with best-of-2), PPO and DPO on 48 prompts."""
+    for policy, extra in ((micro_sft, ("--best-of-n", "2")), (micro_ppo, ()), (micro_dpo, ())):
+        result = invoke(
+            CliRunner(), "eval", "--model", policy, "--reward-model", micro_rm, "--limit", "48", *extra
+        )
+        assert result.exit_code == 0, result.output
+    return micro_runs
+
+
+def sets(*assignments: str) -> list[str]:
+    """`--set a=1 --set b=2` for CLI calls in tests."""
+    return [arg for assignment in assignments for arg in ("--set", assignment)]
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
             }
         )
         save_policy(policy, tokenizer, writer, source, config.lora.enabled)
-        writer.data = {"prompts": loop.prompt_info}
+        writer.data = loop.prompt_info
         writer.metrics = summary
         if rm_artifact is not None:
             writer.add_parent(rm_artifact)

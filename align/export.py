@@ -1,0 +1,114 @@
+"""`align export`: a policy artifact as one plain Hugging Face model, LoRA merged, with a model card.
+
+    align export --model runs/tiny/ppo --output exports/tiny-ppo [--push-to-hub user/name]
+
+The result is an `export` artifact whose `model/` directory loads with `AutoModelForCausalLM` and
+`AutoTokenizer` alone (no peft, no align), in safetensors, with a README.md model card carrying the
+lineage (every parent stage, its data and content hash) and the measured metrics from the manifests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from align.artifacts import Artifact, ArtifactWriter
+from align.models import ModelSource, load_policy, load_tokenizer, record_base, resolve_model
+
+_HEADLINE = (
+    "gold_sampled",
+    "gold_greedy",
+    "rm_score_sampled",
+    "kl_to_reference",
+    "eval_accuracy",
+    "eval_gold_accuracy",
+    "perplexity",
+    "text_perplexity",
+)
+
+
+def run(model: str, output: str | Path, push_to_hub: str | None = None) -> Artifact:
+    source = resolve_model(model)
+    tokenizer = load_tokenizer(source)
+    policy = load_policy(source)  # LoRA adapters of the whole lineage merged in
+    with ArtifactWriter(Path(output), "export", {"model": model, "push_to_hub": push_to_hub}) as writer:
+        policy.save_pretrained(str(writer.model_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(writer.model_dir))
+        (writer.model_dir / "README.md").write_text(model_card(source))
+        writer.extra["model_format"] = "full"
+        record_base(writer, source)
+        writer.metrics["parameters"] = sum(p.numel() for p in policy.parameters())
+        artifact = writer.commit()
+    if push_to_hub:
+        _push(artifact, push_to_hub)
+    return artifact
+
+
+def lineage(artifact: Artifact) -> list[Artifact]:
+    """The artifact and its ancestors along the policy path (first parent of each), oldest first."""
+    chain = [artifact]
+    while chain[-1].manifest.get("parents"):
+        record = chain[-1].manifest["parents"][0]
+        parent = chain[-1].parent(record["stage"])
+        if parent is None:
+            break
+        chain.append(parent)
+    return chain[::-1]
+
+
+def model_card(source: ModelSource) -> str:
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [align, rlhf]",
+        "---",
+        "",
+        f"# {Path(source.name).name}",
+        "",
+        "A causal language model exported by `align export` (LoRA adapters merged; plain transformers).",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        'prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)',
+        "```",
+        "",
+    ]
+    if source.artifact is None:
+        return "\n".join([*lines, f"Exported from `{source.name}` (not an align artifact: no lineage).", ""])
+    lines += [
+        "## Lineage",
+        "",
+        "| stage | data | data sha256 | artifact content sha256 | metrics |",
+        "|---|---|---|---|---|",
+    ]
+    for artifact in lineage(source.artifact):
+        data = artifact.manifest.get("data", {})
+        metrics = ", ".join(
+            f"{k} {v:.3f}" for k, v in artifact.metrics.items() if k in _HEADLINE and isinstance(v, float)
+        )
+        lines.append(
+            f"| {artifact.stage} | {data.get('source', '-')} | {str(data.get('sha256', '-'))[:16]} | "
+            f"{artifact.sha256[:16]} | {metrics or '-'} |"
+        )
+    reward = source.artifact.manifest.get("reward")
+    if reward:
+        lines += ["", f"Reward: {reward}"]
+    base = lineage(source.artifact)[0].manifest.get("base_model", {})
+    lines += ["", f"Base model: {base or 'trained from scratch by align pretrain'}", ""]
+    return "\n".join(lines)
+
+
+def _push(artifact: Artifact, repo_id: str) -> None:
+    """Upload model/ (weights, tokenizer, card) to the hub; needs network access and a token."""
+    from huggingface_hub import HfApi
+
+    from align.errors import ArtifactError
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(artifact.model_dir))
+    except Exception as exc:  # network, auth and hub errors all reach the user as one line
+        raise ArtifactError(f"push to the hub as {repo_id} failed: {str(exc).splitlines()[0]}") from None

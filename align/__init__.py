@@ -6,6 +6,8 @@ Every CLI command is a thin wrapper over a function here, so notebooks call the 
     sft = align.sft(align.SFTConfig(model="runs/tiny/pretrain", data="data/synthetic/sft.jsonl", output="runs/me/sft"))
     scores = align.RewardModel.load("runs/tiny/rm").score_messages([[{"role": "user", "content": "Add 2 and 3."}]],
                                                                    ["5<|endoftext|>"])
+    figures = align.evaluate(align.EvalConfig(model="runs/tiny/ppo", reward_model="runs/tiny/rm"))
+    report_md = align.build_report("runs/tiny")
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ _EXPORTS = {
         stage: f"align.stages.{stage}:run"
         for stage in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo")
     },
-    "evaluate": "align.evaluate:run",
+    "evaluate": "align.evaluation:run",
+    "compare": "align.evaluation:compare",
+    "export_policy": "align.export:run",
+    "build_report": "align.report:build",
+    "Conversation": "align.conversation",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -496,7 +496,7 @@ def eval_command(
         }
         cfg = build_config(EvalConfig, recipe, flags, sets)
         _quiet_libraries()
-        from align.evaluate import compare, run
+        from align.evaluation import compare, run
 
         results = compare(cfg, model, judge) if len(model) > 1 else run(cfg)
         for name, figures in results.get("policies", {model[0]: results}).items():

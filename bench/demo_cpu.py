@@ -3,7 +3,8 @@
     python bench/demo_cpu.py [--runs runs/tiny]
 
 Prints the artifact paths, a table of every policy on the held-out prompts (gold score sampled and
-greedy, RM score, KL to the SFT policy), and one JSON line: {"bench": "demo_cpu", "machine", "seconds":
+greedy, RM score, KL to the SFT policy; best-of-4 of the SFT policy as the no-training baseline), the
+path of the report with its plots (`align report`), and one JSON line: {"bench": "demo_cpu", "machine", "seconds":
 {stage: s}, "total_seconds", "budget_seconds", "ratio": total / budget, "figures"}. The budget is the
 10-minute target for the whole pipeline.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 BUDGET_SECONDS = 600
 ALIGN = [sys.executable, "-m", "align.cli"]
-POLICIES = ("pretrain", "sft", "ppo")
+POLICIES = ("pretrain", "sft", "ppo", "dpo")
 
 
 def stage(name: str, args: list[str], seconds: dict[str, float]) -> None:
@@ -43,6 +44,7 @@ def main() -> None:
         ("sft", ["--model", runs / "pretrain"]),
         ("rm", ["--model", runs / "sft"]),
         ("ppo", ["--model", runs / "sft", "--reward-model", runs / "rm"]),
+        ("dpo", ["--model", runs / "sft"]),
     ):
         stage(
             name,
@@ -64,6 +66,7 @@ def main() -> None:
                 str(args.eval_limit),
                 "--json",
                 str(report),
+                *(["--best-of-n", "4"] if policy == "sft" else []),
             ],
             seconds,
         )
@@ -71,8 +74,8 @@ def main() -> None:
             k: round(v, 4)
             for k, v in json.loads(report.read_text()).items()
             if k in ("gold_sampled", "gold_greedy", "rm_score_sampled", "kl_to_reference")
+            or k.startswith("best_of_")
         }
-    total = round(sum(seconds.values()), 1)
     print(
         f"\n{'policy':10s} {'gold (T=0.7)':>12s} {'gold greedy':>12s} {'RM score':>9s} {'KL to SFT':>10s}  artifact"
     )
@@ -82,7 +85,17 @@ def main() -> None:
             f"{policy:10s} {f['gold_sampled']:12.3f} {f['gold_greedy']:12.3f} {f['rm_score_sampled']:9.3f} "
             f"{kl:>10s}  {runs / policy}"
         )
+    best = figures["sft"]
+    print(
+        f"{'best-of-4':10s} {best['best_of_4_gold']:12.3f} {'-':>12s} {best['best_of_4_rm_score']:9.3f} "
+        f"{best['best_of_4_kl']:10.2f}  (4 samples of the SFT policy, the RM's favourite kept)"
+    )
     print(f"reward model: {runs / 'rm'}   (align show {runs / 'rm'})")
+    start = time.perf_counter()
+    report_md = subprocess.run([*ALIGN, "report", str(runs)], check=True, capture_output=True, text=True)
+    seconds["report"] = round(time.perf_counter() - start, 1)
+    total = round(sum(seconds.values()), 1)
+    print(f"report: {report_md.stdout.strip()}  (plots beside it)")
     print(
         json.dumps(
             {

@@ -25,7 +25,7 @@ from align.artifacts import Artifact, ArtifactWriter
 from align.config import RMConfig, to_dict
 from align.data import load_data
 from align.errors import DataError
-from align.evaluate import reward_model_report
+from align.evaluation import reward_model_report
 from align.models import load_policy, load_tokenizer, lora_config, record_base, resolve_model
 from align.rewards import RewardModel
 from align.tokenize import tokenize_pairs

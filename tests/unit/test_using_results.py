@@ -29,7 +29,7 @@ def test_eval_records_best_of_n_and_overlap_figures(micro_evaluated: Path) -> No
 
 
 def test_win_rate_counts_ties_half() -> None:
-    from align.evaluate import win_rate
+    from align.evaluation import win_rate
 
     figures = win_rate([1.0, 0.0, 0.5, 1.0], [0.0, 0.0, 1.0, 0.5])
     assert (figures["wins"], figures["ties"], figures["losses"]) == (2, 1, 1)
@@ -61,7 +61,7 @@ def test_eval_compares_policies_by_win_rate(runner, micro_sft: Path, micro_ppo: 
 
 
 def test_bleu_and_rouge_reward_matching_references() -> None:
-    from align.evaluate import overlap_summary
+    from align.evaluation import overlap_summary
 
     references = ["1 3 4 5 8", "blue red blue red blue", "cat dog cat dog"]
     same = overlap_summary("x", [r + "<eos>" for r in references], references, "<eos>")
@@ -71,11 +71,12 @@ def test_bleu_and_rouge_reward_matching_references() -> None:
 
 
 def test_perplexity_is_the_exponentiated_token_loss(micro_base: Path) -> None:
-    from align.evaluate import perplexity
+    from align.evaluation import perplexity
 
     source = resolve_model(str(micro_base))
     model, tokenizer = load_policy(source), load_tokenizer(source)
-    corpus = gzip.open(REPO / "data/synthetic/pretrain.jsonl.gz", "rt").readlines()
+    with gzip.open(REPO / "data/synthetic/pretrain.jsonl.gz", "rt") as corpus_file:
+        corpus = corpus_file.readlines()
     texts = [json.loads(line)["text"] for line in corpus[:2]]  # of different lengths: padding matters
     batched = perplexity(model, tokenizer, texts, batch_size=2)
     losses, tokens = 0.0, 0

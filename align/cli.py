@@ -594,6 +594,127 @@ def report(
     _handle(action)
 
 
+Host = Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")]
+Port = Annotated[int, typer.Option(help="Port of the page.")]
+Annotator = Annotated[str, typer.Option(help="Who judges; stored in every row.")]
+
+
+@app.command()
+def label(
+    model: Annotated[str, typer.Option(help="Policy whose responses are ranked.")],
+    data: Annotated[str, typer.Option(help="Prompts file (a pairs or sft file also serves).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Rankings file (appended; resumes).")],
+    k: Annotated[int, typer.Option(help="Responses per prompt.")] = 4,
+    limit: Annotated[int | None, typer.Option(help="Judge the first N prompts.")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = 64,
+    seed: Annotated[int, typer.Option(help="Sampling seed (per prompt).")] = 0,
+    annotator: Annotator = "anonymous",
+    host: Host = "127.0.0.1",
+    port: Port = 7860,
+    reward: RewardFunction = None,
+    reward_model: RewardModelArtifact = None,
+) -> None:
+    """Rank K sampled responses per prompt in the browser; rows feed `align rm` unchanged."""
+
+    def action() -> None:
+        from align.errors import ConfigError
+
+        if k < 2 or temperature <= 0 or max_new_tokens < 1:
+            raise ConfigError("--k must be >= 2, --temperature > 0 and --max-new-tokens >= 1")
+        _quiet_libraries()
+        from align.feedback.tasks import LabelTask, Sampler
+
+        task = LabelTask(
+            *_feedback_inputs(data, limit, output, annotator),
+            sampler=Sampler(model, _feedback_sampling(temperature, max_new_tokens), seed),
+            k=k,
+        )
+        _run_feedback(task, "label.html", host, port, reward, reward_model)
+
+    _handle(action)
+
+
+@app.command()
+def arena(
+    model_a: Annotated[str, typer.Option(help="Policy A.")],
+    model_b: Annotated[str, typer.Option(help="Policy B (the win rate is B's).")],
+    data: Annotated[str, typer.Option(help="Prompts file (a pairs or sft file also serves).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Votes file (appended; resumes).")],
+    limit: Annotated[int | None, typer.Option(help="Judge the first N prompts.")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = 64,
+    seed: Annotated[int, typer.Option(help="Sampling and side-shuffling seed.")] = 0,
+    annotator: Annotator = "anonymous",
+    host: Host = "127.0.0.1",
+    port: Port = 7861,
+    reward: RewardFunction = None,
+    reward_model: RewardModelArtifact = None,
+) -> None:
+    """Blind side-by-side votes between two policies with a live win rate; votes are saved as pairs."""
+
+    def action() -> None:
+        from align.errors import ConfigError
+
+        if temperature <= 0 or max_new_tokens < 1:
+            raise ConfigError("--temperature must be > 0 and --max-new-tokens >= 1")
+        _quiet_libraries()
+        from align.feedback.tasks import ArenaTask, Sampler
+
+        sampling = _feedback_sampling(temperature, max_new_tokens)
+        task = ArenaTask(
+            *_feedback_inputs(data, limit, output, annotator),
+            a=Sampler(model_a, sampling, seed),
+            b=Sampler(model_b, sampling, seed),
+            seed=seed,
+        )
+        _run_feedback(task, "arena.html", host, port, reward, reward_model)
+
+    _handle(action)
+
+
+def _feedback_inputs(data: str, limit: int | None, output: Path, annotator: str) -> tuple[Any, ...]:
+    from align.data import load_data
+    from align.feedback.store import JudgementLog
+
+    prompts = [row["prompt"] for row in load_data(data, "prompts", limit).rows]
+    return prompts, JudgementLog(output), annotator
+
+
+def _feedback_sampling(temperature: float, max_new_tokens: int) -> Any:
+    from align.generation import Sampling
+
+    return Sampling(temperature=temperature, max_new_tokens=max_new_tokens)
+
+
+def _run_feedback(
+    task: Any, page: str, host: str, port: int, reward: str | None, reward_model: str | None
+) -> None:
+    """Judge headless with a reward when one is given, else serve the page until interrupted."""
+    from align.errors import ConfigError
+
+    if reward and reward_model:
+        raise ConfigError("give --reward or --reward-model as the judge, not both")
+    if reward or reward_model:
+        from align.feedback.tasks import judge_all
+        from align.rewards import RewardModel, checked, load_reward_function
+
+        score = (
+            checked(load_reward_function(reward), reward)
+            if reward
+            else RewardModel.load(reward_model, device=None).score
+        )
+        typer.echo(json.dumps(judge_all(task, score)))
+        return
+    from align.feedback.server import serve
+
+    progress = task.progress()
+    typer.echo(
+        f"http://{host}:{port}/  ({progress['done']} of {progress['total']} judged; Ctrl-C stops, nothing is lost)"
+    )
+    serve(task, page, host, port)
+
+
 @app.command()
 def show(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Print an artifact's stage, lineage, data and metrics."""

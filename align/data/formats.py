@@ -114,6 +114,8 @@ def sft_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def pair_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    if values.get("judgement") in ("tie", "skip"):  # rows of `align label` / `align arena` with no preference
+        raise Dropped(f"{values['judgement']} judgement")
     if "responses" in values or "ranking" in values:
         return _ranking_pairs(values, where)
     for name in ("chosen", "rejected"):

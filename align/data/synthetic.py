@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from align.errors import ConfigError
+
 EOS = "<|endoftext|>"
 WORDS = [
     "ant",
@@ -206,7 +208,6 @@ class SynthSettings:
     label_noise: float = 0.1  # share of preference labels flipped, like inattentive raters
 
     def validate(self) -> None:
-        from align.errors import ConfigError
 
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown or not self.families:
@@ -235,7 +236,9 @@ def generate(settings: SynthSettings) -> dict[str, list[dict[str, Any]]]:
         while len(tasks) < n:
             attempts += 1
             if attempts > 50 * n + 1000:
-                raise ValueError("the task families ran out of distinct prompts; ask for fewer rows")
+                raise ConfigError(
+                    f"the task families ran out of distinct prompts after {len(tasks)} of {n}; ask for fewer rows"
+                )
             task = FAMILIES[settings.families[len(tasks) % len(settings.families)]](rng)
             if task.prompt not in used:
                 used.add(task.prompt)

@@ -1,0 +1,1 @@
+"""Human feedback in the loop: `align label` (rank K responses) and `align arena` (blind A/B votes)."""

@@ -1,0 +1,236 @@
+"""What the label and arena pages ask for and record; the web server and the headless judge share it.
+
+Responses are sampled per item with a seed derived from the item, so a restarted server shows the same
+responses for an item it had not finished, and a judgement can be checked against what was shown.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from align.chat import prompt_text
+from align.errors import DataError
+from align.evaluation import win_rate
+from align.feedback.store import JudgementLog
+from align.generation import Sampling, decode_response, generate_ids
+from align.models import load_policy, load_tokenizer, pick_device, resolve_model
+
+ScoreFn = Callable[[list[str], list[str]], list[float]]
+
+
+class Sampler:
+    """A policy that answers one prompt n times, deterministically per (prompt item, seed)."""
+
+    def __init__(self, model: str, sampling: Sampling, seed: int = 0):
+        source = resolve_model(model)
+        self.name, self.sampling, self.seed = model, sampling, seed
+        self.tokenizer = load_tokenizer(source)
+        self.model = load_policy(source).to(pick_device())
+
+    def render(self, prompt: list[dict[str, str]]) -> str:
+        return prompt_text(self.tokenizer, prompt)
+
+    def sample(self, prompt: list[dict[str, str]], n: int, item: int) -> list[str]:
+        ids = generate_ids(
+            self.model,
+            self.tokenizer,
+            [self.render(prompt)] * n,
+            self.sampling,
+            n,
+            self.seed * 1_000_003 + item,
+        )
+        return [decode_response(self.tokenizer, row) for row in ids]
+
+    def strip(self, response: str) -> str:
+        """The text a person reads and a pairs file stores (training adds the EOS back)."""
+        return response.removesuffix(self.tokenizer.eos_token).strip()
+
+
+@dataclass
+class FeedbackTask:
+    """Shared bookkeeping: the prompts, the log, progress, and one lock around generation and writes."""
+
+    prompts: list[list[dict[str, str]]]
+    log: JudgementLog
+    annotator: str = "anonymous"
+    cache: dict[int, dict[str, Any]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_item(self) -> int | None:
+        done = self.log.done
+        return next((i for i in range(len(self.prompts)) if i not in done), None)
+
+    def progress(self) -> dict[str, int]:
+        return {"done": len(self.log.done & set(range(len(self.prompts)))), "total": len(self.prompts)}
+
+    def next_payload(self) -> dict[str, Any]:
+        with self.lock:
+            item = self.next_item()
+            if item is None:
+                return {"finished": True, **self.progress(), **self.summary(), **self.reveal()}
+            return {"finished": False, **self.show(item), **self.progress(), **self.summary()}
+
+    def submit(self, payload: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            item = payload.get("item")
+            if not isinstance(item, int) or not 0 <= item < len(self.prompts):
+                raise DataError(f"judgement: field 'item' must be an item number below {len(self.prompts)}")
+            if item in self.log.done:
+                raise DataError(f"judgement: item {item} is already judged")
+            self.log.append(self.record(item, payload), self.annotator)
+            self.cache.pop(item, None)
+            return {**self.progress(), **self.summary()}
+
+    def show(self, item: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def record(self, item: int, payload: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def reveal(self) -> dict[str, Any]:
+        """What may be shown only once every item is judged."""
+        return {}
+
+
+@dataclass
+class LabelTask(FeedbackTask):
+    """Rank K responses of one policy per prompt (or pick best and worst, or call a tie, or skip)."""
+
+    sampler: Sampler | None = None
+    k: int = 4
+
+    def raw_responses(self, item: int) -> list[str]:
+        """The K sampled responses, with the EOS text where the model ended (what rewards score)."""
+        if item not in self.cache:
+            self.cache[item] = {"responses": self.sampler.sample(self.prompts[item], self.k, item)}
+        return self.cache[item]["responses"]
+
+    def show(self, item: int) -> dict[str, Any]:
+        responses = [self.sampler.strip(r) for r in self.raw_responses(item)]
+        return {"item": item, "prompt": self.prompts[item][-1]["content"], "responses": responses}
+
+    def record(self, item: int, payload: dict[str, Any]) -> dict[str, Any]:
+        responses = [self.sampler.strip(r) for r in self.raw_responses(item)]
+        row: dict[str, Any] = {"item": item, "prompt": self.prompts[item]}
+        if payload.get("tie") or payload.get("skip"):
+            return {**row, "judgement": "tie" if payload.get("tie") else "skip", "responses": responses}
+        if "ranking" in payload:
+            ranking = payload["ranking"]
+            if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
+                raise DataError(
+                    f"judgement: field 'ranking' must order all {len(responses)} responses, best first"
+                )
+            return {**row, "judgement": "ranking", "responses": responses, "ranking": ranking}
+        best, worst = payload.get("best"), payload.get("worst")
+        if best not in range(len(responses)) or worst not in range(len(responses)) or best == worst:
+            raise DataError(
+                "judgement: give 'ranking', 'best' and 'worst' (two different responses), 'tie' or 'skip'"
+            )
+        return {**row, "judgement": "best_worst", "chosen": responses[best], "rejected": responses[worst]}
+
+
+@dataclass
+class ArenaTask(FeedbackTask):
+    """Blind A/B: one response of each policy per prompt, sides shuffled per prompt, names hidden."""
+
+    a: Sampler | None = None
+    b: Sampler | None = None
+    seed: int = 0
+
+    def pair(self, item: int) -> dict[str, Any]:
+        if item not in self.cache:
+            a, b = (
+                self.a.sample(self.prompts[item], 1, item)[0],
+                self.b.sample(self.prompts[item], 1, item)[0],
+            )
+            left = random.Random(f"{self.seed}:{item}").choice("ab")
+            self.cache[item] = {"a": a, "b": b, "left": left}
+        return self.cache[item]
+
+    def sides(self, item: int) -> tuple[str, str]:
+        """The raw (left, right) responses as shown."""
+        pair = self.pair(item)
+        right = "b" if pair["left"] == "a" else "a"
+        return pair[pair["left"]], pair[right]
+
+    def texts(self, item: int) -> dict[str, str]:
+        pair = self.pair(item)
+        return {"a": self.a.strip(pair["a"]), "b": self.b.strip(pair["b"])}
+
+    def show(self, item: int) -> dict[str, Any]:
+        texts, left = self.texts(item), self.pair(item)["left"]
+        right = "b" if left == "a" else "a"
+        return {
+            "item": item,
+            "prompt": self.prompts[item][-1]["content"],
+            "left": texts[left],
+            "right": texts[right],
+        }
+
+    def record(self, item: int, payload: dict[str, Any]) -> dict[str, Any]:
+        vote = payload.get("vote")
+        if vote not in ("left", "right", "tie"):
+            raise DataError("judgement: field 'vote' must be 'left', 'right' or 'tie'")
+        pair, text = self.pair(item), self.texts(item)
+        row = {
+            "item": item,
+            "prompt": self.prompts[item],
+            "left": pair["left"],
+            "model_a": self.a.name,
+            "model_b": self.b.name,
+        }
+        if vote == "tie":
+            return {
+                **row,
+                "judgement": "tie",
+                "winner": "tie",
+                "response_a": text["a"],
+                "response_b": text["b"],
+            }
+        winner = pair["left"] if vote == "left" else ("b" if pair["left"] == "a" else "a")
+        loser = "b" if winner == "a" else "a"
+        return {**row, "judgement": "vote", "winner": winner, "chosen": text[winner], "rejected": text[loser]}
+
+    def reveal(self) -> dict[str, Any]:
+        return {"model_a": self.a.name, "model_b": self.b.name}
+
+    def summary(self) -> dict[str, Any]:
+        """B's win rate against A over the votes so far (ties count half), with a 95 % interval."""
+        winners = [row["winner"] for row in self.log.rows if "winner" in row]
+        if not winners:
+            return {"votes": 0}
+        # win_rate compares two score lists: B's outcome (1, 0.5, 0) against an even 0.5.
+        outcome = [1.0 if w == "b" else 0.5 if w == "tie" else 0.0 for w in winners]
+        figures = win_rate(outcome, [0.5] * len(outcome))
+        return {
+            "votes": len(winners),
+            "b_win_rate": figures["win_rate"],
+            "ci95": figures["ci95"],
+            "a_wins": figures["losses"],
+            "b_wins": figures["wins"],
+            "ties": figures["ties"],
+        }
+
+
+def judge_all(task: FeedbackTask, score: ScoreFn) -> dict[str, Any]:
+    """Headless: judge every remaining item with a reward (function or RM) instead of a person."""
+    while (item := task.next_item()) is not None:
+        prompt = task.prompts[item]
+        if isinstance(task, LabelTask):
+            rendered, responses = task.sampler.render(prompt), task.raw_responses(item)
+            scores = score([rendered] * len(responses), responses)
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])
+            payload = {"tie": True} if len(set(scores)) == 1 else {"ranking": order}
+        else:
+            rendered = task.a.render(prompt)
+            left, right = score([rendered, rendered], list(task.sides(item)))
+            payload = {"vote": "tie" if left == right else "left" if left > right else "right"}
+        task.submit({"item": item, **payload})
+    return {**task.progress(), **task.summary()}

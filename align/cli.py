@@ -307,13 +307,20 @@ def dpo(
         float | None, typer.Option(help="DPO beta: strength of the pull to the reference.")
     ] = None,
     loss_type: Annotated[str | None, typer.Option(help="sigmoid (DPO), ipo, hinge, robust, ...")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Iterative DPO: rounds of sample, judge, train (0: offline).")
+    ] = None,
+    prompts: Prompts = None,
+    reward_model: RewardModelArtifact = None,
+    reward: RewardFunction = None,
     lora: Lora = None,
     eval_data: EvalData = None,
     max_length: MaxLength = None,
     trust_remote_code: TrustRemoteCode = None,
     sets: Sets = None,
 ) -> None:
-    """Direct preference optimisation of the SFT policy on preference pairs."""
+    """Direct preference optimisation of the SFT policy on preference pairs (or, with --rounds, on pairs
+    sampled from the policy each round and judged by --reward-model / --reward)."""
     flags = {
         "model": model,
         "data": data,
@@ -322,11 +329,48 @@ def dpo(
         "max_length": max_length,
         "beta": beta,
         "loss_type": loss_type,
+        "rounds": rounds,
+        "prompts": prompts,
+        "reward_model": reward_model,
+        "reward": reward,
         "trust_remote_code": trust_remote_code,
         "lora.enabled": lora,
         **_train_flags(lr, max_steps, epochs, batch_size, seed),
     }
     _stage("align.stages.dpo:run", "DPOConfig", recipe, flags, sets, resume)
+
+
+@app.command()
+def pairs(
+    recipe: Recipe = None,
+    model: Model = None,
+    prompts: Prompts = None,
+    output: Output = None,
+    reward_model: RewardModelArtifact = None,
+    reward: RewardFunction = None,
+    n: Annotated[int | None, typer.Option(help="Responses sampled per prompt (sampling.n).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    label_noise: Annotated[
+        float | None, typer.Option(help="Share of labels flipped (simulated annotators).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
+    seed: Seed = None,
+    sets: Sets = None,
+) -> None:
+    """Preference pairs from the policy's own samples, best vs worst by an RM or a reward function."""
+    flags = {
+        "model": model,
+        "prompts": prompts,
+        "output": output,
+        "reward_model": reward_model,
+        "reward": reward,
+        "sampling.n": n,
+        "sampling.temperature": temperature,
+        "sampling.label_noise": label_noise,
+        "limit": limit,
+        "seed": seed,
+    }
+    _stage("align.stages.pairs:run", "PairsConfig", recipe, flags, sets, False)
 
 
 def _online_command(stage: str, config_cls: str, summary: str) -> Callable[..., None]:

@@ -122,6 +122,54 @@ class RMConfig:
 
 
 @dataclass
+class SamplingSettings:
+    """How pairs are sampled from a policy: n responses per prompt, the judge's best vs worst."""
+
+    n: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    prompts_per_round: int | None = None  # iterative DPO: fresh prompts each round (None: all)
+    label_noise: float = 0.0  # flip this share of labels, to simulate annotators
+    batch_size: int = 256
+
+    def validate(self) -> None:
+        _require(self.n >= 2, "sampling.n must be >= 2 (a pair needs two samples)")
+        _require(self.temperature > 0, "sampling.temperature must be > 0")
+        _require(self.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1")
+        _require(0.0 <= self.label_noise < 0.5, "sampling.label_noise must be in [0, 0.5)")
+        _require(self.batch_size >= 1, "sampling.batch_size must be >= 1")
+        _require(
+            self.prompts_per_round is None or self.prompts_per_round >= 1,
+            "sampling.prompts_per_round must be >= 1",
+        )
+
+
+@dataclass
+class PairsConfig:
+    """`align pairs`: preference pairs sampled from a policy and labelled by a judge (RM or function).
+
+    InstructGPT's comparison data: the policy's own answers, ranked. Prompts whose samples all score the
+    same give no pair and are counted.
+    """
+
+    model: str = ""
+    prompts: str = ""
+    output: str = ""
+    reward_model: str | None = None
+    reward: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    trust_remote_code: bool = False
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def validate(self) -> None:
+        _require_paths(self, "model", "prompts", "output")
+        _require_one_judge(self)
+        _require(self.limit is None or self.limit >= 1, "limit must be >= 1")
+        self.sampling.validate()
+
+
+@dataclass
 class DPOConfig:
     """`align dpo`: the SFT policy trained directly on preference pairs (DPO and its variants)."""
 
@@ -138,11 +186,26 @@ class DPOConfig:
     sft_weight: float = 0.0  # add the SFT loss on chosen answers with this weight (RPO)
     precompute_ref_log_probs: bool = False
     trust_remote_code: bool = False
+    # Iterative (online) DPO: with rounds > 0, each round samples pairs from the current policy on
+    # `prompts`, labels them with the judge (an RM or a reward function) and trains on them; the
+    # next round's reference is this round's result. `data` is then optional (used in round 1 if given).
+    rounds: int = 0
+    prompts: str | None = None
+    reward_model: str | None = None
+    reward: str | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def validate(self) -> None:
-        _validate_data_stage(self)
+        _require(self.rounds >= 0, "rounds must be >= 0")
+        if self.rounds:  # iterative DPO: pairs come from the policy and a judge; `data` is optional
+            _require_paths(self, "prompts")
+            _require_one_judge(self)
+            self.sampling.validate()
+        _validate_data_stage(
+            self, required=("model", "output") if self.rounds else ("model", "data", "output")
+        )
         _require(self.beta > 0, "beta must be > 0")
         _require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
         _require(self.sft_weight >= 0, "sft_weight must be >= 0")
@@ -168,10 +231,7 @@ class OnlineConfig:
 
     def validate(self) -> None:
         _require_paths(self, "model", "prompts", "output")
-        _require(
-            (self.reward_model is None) != (self.reward is None),
-            "give exactly one of --reward-model ARTIFACT or --reward module:function",
-        )
+        _require_one_judge(self)
         _require(
             self.num_generations >= 2, "num_generations must be >= 2 (the baseline comes from the group)"
         )
@@ -209,6 +269,7 @@ class PPOSettings:
     ppo_epochs: int = 4
     max_new_tokens: int = 32
     temperature: float = 0.7  # sampling temperature; log-probs use the same
+    rollout_engine: str = "lean"  # lean (our decode loop, LoRA merged) or generate (transformers)
     learning_rate: float = 1e-5
     critic_learning_rate: float | None = None  # None: same as learning_rate
     critic_warmup_steps: int = 0  # iterations that train the critic only
@@ -234,6 +295,9 @@ class PPOSettings:
 
     def validate(self) -> None:
         _require(self.steps >= 1 and self.rollouts >= 1, "ppo.steps and ppo.rollouts must be >= 1")
+        _require(
+            self.rollout_engine in ("lean", "generate"), "ppo.rollout_engine must be 'lean' or 'generate'"
+        )
         _require(
             self.rollouts % self.mini_batch_size == 0,
             "ppo.rollouts must be a multiple of ppo.mini_batch_size",
@@ -274,10 +338,7 @@ class PPOConfig:
 
     def validate(self) -> None:
         _require_paths(self, "model", "prompts", "output")
-        _require(
-            (self.reward_model is None) != (self.reward is None),
-            "give exactly one of --reward-model ARTIFACT or --reward module:function",
-        )
+        _require_one_judge(self)
         choices = ("auto", "rm_lora", "rm_copy", "policy_copy")
         _require(self.critic in choices, f"critic must be one of {', '.join(choices)}")
         _require(
@@ -495,15 +556,22 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _validate_data_stage(config: Any) -> None:
+def _validate_data_stage(config: Any, required: tuple[str, ...] = ("model", "data", "output")) -> None:
     """What SFT, RM and DPO share: inputs named, held-out share, length bound, row limit, LoRA and optimiser."""
-    _require_paths(config, "model", "data", "output")
+    _require_paths(config, *required)
     _require(0.0 <= config.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
     _require(config.max_length >= 8, "max_length must be >= 8")
     _require(config.limit is None or config.limit >= 1, "limit must be >= 1")
     if config.lora.enabled:
         config.lora.validate()
     config.train.validate()
+
+
+def _require_one_judge(config: Any) -> None:
+    _require(
+        (config.reward_model is None) != (config.reward is None),
+        "give exactly one of --reward-model ARTIFACT or --reward module:function",
+    )
 
 
 def _require_paths(config: Any, *names: str) -> None:

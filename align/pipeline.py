@@ -21,10 +21,11 @@ from align.config import build_config, load_recipe, to_dict
 from align.data.sources import open_source
 from align.errors import ConfigError
 
-ORDER = ("pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo")
+ORDER = ("pretrain", "sft", "pairs", "rm", "ppo", "dpo", "grpo", "rloo")
 CONFIGS = {
     "pretrain": configs.PretrainConfig,
     "sft": configs.SFTConfig,
+    "pairs": configs.PairsConfig,
     "rm": configs.RMConfig,
     "ppo": configs.PPOConfig,
     "dpo": configs.DPOConfig,
@@ -34,9 +35,10 @@ CONFIGS = {
 # which earlier artifact fills which input of a stage
 INPUTS = {
     "sft": {"model": "pretrain"},
-    "rm": {"model": "sft"},
+    "pairs": {"model": "sft"},
+    "rm": {"model": "sft", "data": "pairs"},
     "ppo": {"model": "sft", "reward_model": "rm"},
-    "dpo": {"model": "sft"},
+    "dpo": {"model": "sft", "data": "pairs"},
     "grpo": {"model": "sft"},
     "rloo": {"model": "sft"},
 }

@@ -66,6 +66,17 @@ class RewardModel:
     __call__ = score
 
 
+def load_judge(
+    reward_model: str | None, reward: str | None, device: str | torch.device | None = None
+) -> tuple[Artifact | None, RewardFn]:
+    """The reward an online stage optimises or a labeller ranks with: an RM artifact (returned too, for
+    the lineage) or an explicitly named Python `module:function`, checked against the protocol."""
+    if reward is not None:
+        return None, checked(load_reward_function(reward), reward)
+    artifact = load_artifact(reward_model, expect_stage="rm")
+    return artifact, RewardModel.load(artifact.path, device=device).score
+
+
 def load_reward_function(spec: str) -> RewardFn:
     """Import `module:function` (only ever from an explicit user flag) and check it follows the protocol."""
     module_name, sep, attr = spec.partition(":")

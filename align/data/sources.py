@@ -38,6 +38,10 @@ class Source:
 
 def open_source(name: str) -> Source:
     path = Path(name)
+    if path.is_dir() and (path / "manifest.json").is_file():  # an align artifact: its data/ (align pairs)
+        if not (path / "data").is_dir():
+            raise DataError(f"{name}: an artifact without data/ (a model artifact, not a data set)")
+        path = path / "data"
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES)
         if not files:

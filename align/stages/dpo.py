@@ -11,6 +11,8 @@ falls while the reward accuracy still rises, DPO is over-fitting.
 from __future__ import annotations
 
 import copy
+import random
+from typing import Any
 
 import datasets
 import torch
@@ -20,8 +22,12 @@ from trl import DPOTrainer
 from align import training
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import DPOConfig, to_dict
-from align.data import load_data
-from align.models import load_policy, load_tokenizer, lora_config, resolve_model, save_policy
+from align.data import Dataset, load_data
+from align.data.formats import Dropped, pair_rows
+from align.errors import ConfigError
+from align.models import load_policy, load_tokenizer, lora_config, pick_device, resolve_model, save_policy
+from align.rewards import load_judge
+from align.stages.pairs import sample_pairs
 from align.stages.rm import split_by_group
 from align.tokenize import tokenize_pairs
 
@@ -29,43 +35,18 @@ _PAIR_FIELDS = ("prompt", "chosen", "rejected", "group")
 
 
 def run(config: DPOConfig, resume: bool = False) -> Artifact:
+    if config.rounds:
+        return run_iterative(config, resume)
     data = load_data(config.data, "pairs", config.limit)
     held_out = load_data(config.eval_data, "pairs") if config.eval_data else None
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    for dataset in filter(None, (data, held_out)):
-        tokenize_pairs(dataset, tokenizer, config.max_length, 0.0)  # drops and counts over-long pairs
-    train_rows = [{k: row[k] for k in _PAIR_FIELDS} for row in data.rows]
-    eval_rows = [{k: row[k] for k in _PAIR_FIELDS} for row in held_out.rows] if held_out else None
-    if eval_rows is None and config.eval_fraction > 0:
-        train_rows, eval_rows = split_by_group(train_rows, config.eval_fraction, config.train.seed)
-
+    train_rows, eval_rows = _rows(config, tokenizer, data, held_out)
     torch.manual_seed(config.train.seed)
     model = load_policy(source, config.trust_remote_code)
     reference = None if config.lora.enabled else copy.deepcopy(model).eval().requires_grad_(False)
-    losses = [config.loss_type] + (["sft"] if config.sft_weight else [])
     with ArtifactWriter(config.output, "dpo", to_dict(config), resume) as writer:
-        trainer = DPOTrainer(
-            model=model,
-            ref_model=reference,
-            args=training.trainer_config(
-                TRLDPOConfig,
-                config.train,
-                writer,
-                has_eval=bool(eval_rows),
-                max_length=config.max_length,
-                beta=config.beta,
-                loss_type=losses,
-                loss_weights=[1.0, config.sft_weight][: len(losses)],
-                label_smoothing=config.label_smoothing,
-                precompute_ref_log_probs=config.precompute_ref_log_probs,
-            ),
-            train_dataset=datasets.Dataset.from_list(train_rows).remove_columns("group"),
-            eval_dataset=datasets.Dataset.from_list(eval_rows).remove_columns("group") if eval_rows else None,
-            processing_class=tokenizer,
-            peft_config=lora_config(config.lora, model) if config.lora.enabled else None,
-            callbacks=training.callbacks(writer),
-        )
+        trainer = _trainer(config, model, reference, tokenizer, writer, train_rows, eval_rows)
         summary = training.train(trainer, writer, resume)
         if eval_rows:
             summary.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
@@ -76,3 +57,105 @@ def run(config: DPOConfig, resume: bool = False) -> Artifact:
             writer.data["eval"] = held_out.info()
         writer.metrics = summary
         return writer.commit()
+
+
+def run_iterative(config: DPOConfig, resume: bool = False) -> Artifact:
+    """Online DPO: each round samples pairs from the current policy, labels them with the judge, trains
+    on them, and the result becomes the next round's policy and reference. Writes full weights (every
+    round's LoRA is merged before the next round starts)."""
+    if resume:
+        raise ConfigError("--resume is not supported with rounds; rerun (each round is short)")
+    source = resolve_model(config.model)
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
+    device = pick_device()
+    judge_artifact, judge = load_judge(config.reward_model, config.reward, device)
+    prompts_data = load_data(config.prompts, "prompts", config.limit)
+    prompts = [row["prompt"] for row in prompts_data.rows]
+    random.Random(config.train.seed).shuffle(prompts)
+    per_round = min(config.sampling.prompts_per_round or len(prompts), len(prompts))
+    offline = load_data(config.data, "pairs") if config.data else None
+    torch.manual_seed(config.train.seed)
+    policy = load_policy(source, config.trust_remote_code)
+    with ArtifactWriter(config.output, "dpo", to_dict(config)) as writer:
+        rounds = []
+        for number in range(config.rounds):
+            start = number * per_round % len(prompts)
+            chunk = (prompts + prompts)[start : start + per_round]
+            rows, stats = sample_pairs(
+                policy.to(device), tokenizer, chunk, judge, config.sampling, config.train.seed + number
+            )
+            pairs = Dataset("pairs", [], prompts_data.source)
+            for i, row in enumerate(rows):
+                try:
+                    pairs.rows.extend(pair_rows(row, f"round {number + 1} pair {i}"))
+                except Dropped as why:
+                    pairs.dropped[str(why)] += 1
+            if number == 0 and offline is not None:
+                pairs.rows.extend(offline.rows)
+            train_rows, eval_rows = _rows(config, tokenizer, pairs, None)
+            reference = None if config.lora.enabled else copy.deepcopy(policy).eval().requires_grad_(False)
+            trainer = _trainer(config, policy, reference, tokenizer, writer, train_rows, eval_rows)
+            summary = training.train(trainer, writer, resume=False)
+            if eval_rows:
+                summary.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
+            policy = trainer.model.merge_and_unload() if config.lora.enabled else trainer.model
+            rounds.append({"round": number + 1, **stats, **summary})
+        save_policy(policy, tokenizer, writer, source, lora=False)
+        if judge_artifact is not None:
+            writer.add_parent(judge_artifact)
+        writer.extra["reward"] = config.reward or {"stage": "rm"}
+        writer.data = prompts_data.info()
+        if offline is not None:
+            writer.data["offline_pairs"] = offline.info()
+        writer.metrics = {
+            "rounds": rounds,
+            **{f"final_{k}": v for k, v in rounds[-1].items() if k != "round"},
+        }
+        return writer.commit()
+
+
+def _rows(
+    config: DPOConfig, tokenizer: Any, data: Dataset, held_out: Dataset | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Tokenised-length filtered training rows and the held-out rows (a group-wise split of `data`
+    unless a held-out set is given)."""
+    for dataset in filter(None, (data, held_out)):
+        tokenize_pairs(dataset, tokenizer, config.max_length, 0.0)  # drops and counts over-long pairs
+    train_rows = [{k: row[k] for k in _PAIR_FIELDS} for row in data.rows]
+    eval_rows = [{k: row[k] for k in _PAIR_FIELDS} for row in held_out.rows] if held_out else None
+    if eval_rows is None and config.eval_fraction > 0:
+        train_rows, eval_rows = split_by_group(train_rows, config.eval_fraction, config.train.seed)
+    return train_rows, eval_rows
+
+
+def _trainer(
+    config: DPOConfig,
+    model: Any,
+    reference: Any,
+    tokenizer: Any,
+    writer: ArtifactWriter,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]] | None,
+) -> DPOTrainer:
+    losses = [config.loss_type] + (["sft"] if config.sft_weight else [])
+    return DPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=training.trainer_config(
+            TRLDPOConfig,
+            config.train,
+            writer,
+            has_eval=bool(eval_rows),
+            max_length=config.max_length,
+            beta=config.beta,
+            loss_type=losses,
+            loss_weights=[1.0, config.sft_weight][: len(losses)],
+            label_smoothing=config.label_smoothing,
+            precompute_ref_log_probs=config.precompute_ref_log_probs,
+        ),
+        train_dataset=datasets.Dataset.from_list(train_rows).remove_columns("group"),
+        eval_dataset=datasets.Dataset.from_list(eval_rows).remove_columns("group") if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora, model) if config.lora.enabled else None,
+        callbacks=training.callbacks(writer),
+    )

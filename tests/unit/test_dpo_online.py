@@ -9,7 +9,7 @@ import pytest
 
 from align.artifacts import load_artifact
 from align.models import load_policy, load_tokenizer, resolve_model
-from tests.conftest import REPO, invoke
+from tests.conftest import REPO, invoke, sets
 
 PAIRS = REPO / "data/synthetic/pairs.jsonl"
 PROMPTS = REPO / "data/synthetic/ppo.jsonl"
@@ -194,3 +194,81 @@ def test_online_stages_validate_their_inputs(runner, micro_sft: Path, tmp_path: 
         )
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert not (tmp_path / "g").exists()
+
+
+def test_pairs_from_the_policy_feed_the_reward_model(runner, micro_sft: Path, tmp_path: Path) -> None:
+    result = invoke(
+        runner,
+        "pairs",
+        "--model",
+        micro_sft,
+        "--prompts",
+        PROMPTS,
+        "--reward",
+        "tests.rewards:longer",
+        "--limit",
+        "32",
+        "--output",
+        tmp_path / "pairs",
+        *sets("sampling.max_new_tokens=16"),
+    )
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(tmp_path / "pairs", expect_stage="pairs")
+    rows = [json.loads(line) for line in (artifact.path / "data/pairs.jsonl").read_text().splitlines()]
+    assert artifact.metrics["pairs"] == len(rows) > 0
+    assert artifact.metrics["pairs"] + artifact.metrics["ties_skipped"] == 32
+    for row in rows:  # best vs worst of 4 samples, as the judge scored them (no label noise asked)
+        assert row["chosen_score"] > row["rejected_score"]
+        assert row["chosen_score"] == min(len(row["chosen"]), 40) / 40
+    assert artifact.parent("sft") is not None  # the lineage names the policy that answered
+    trained = invoke(
+        runner,
+        "rm",
+        "--model",
+        micro_sft,
+        "--data",
+        tmp_path / "pairs",
+        "--output",
+        tmp_path / "rm",
+        "--max-steps",
+        "2",
+        *sets("eval_fraction=0", "train.save_steps=0"),
+    )
+    assert trained.exit_code == 0, trained.output
+
+
+def test_iterative_dpo_moves_the_policy_towards_the_judge(runner, micro_sft: Path, tmp_path: Path) -> None:
+    result = invoke(
+        runner,
+        "dpo",
+        "--model",
+        micro_sft,
+        "--rounds",
+        "3",
+        "--prompts",
+        PROMPTS,
+        "--reward",
+        "tests.rewards:longer",
+        "--output",
+        tmp_path / "dpo",
+        "--max-steps",
+        "8",
+        "--lr",
+        "3e-3",
+        "--beta",
+        "0.1",
+        *sets(
+            "sampling.prompts_per_round=48",
+            "sampling.max_new_tokens=16",
+            "eval_fraction=0",
+            "train.batch_size=8",
+            "train.save_steps=0",
+        ),
+    )
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(tmp_path / "dpo", expect_stage="dpo")
+    rounds = artifact.metrics["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[-1]["sample_score_mean"] > rounds[0]["sample_score_mean"] + 0.05, rounds
+    assert artifact.manifest["model_format"] == "full"
+    assert load_policy(resolve_model(str(tmp_path / "dpo"))).config.model_type == "gpt2"

@@ -196,3 +196,42 @@ def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Pat
         ours, _ = response_logprobs(model, torch.cat([queries["input_ids"], truncated], 1), attention, q, 0.7)
     assert queries["attention_mask"].sum(1).unique().numel() > 1  # the prompts really are padded
     torch.testing.assert_close(ours * mask, sampled * mask, atol=1e-4, rtol=0)
+
+
+def test_lean_rollout_engine_draws_the_tokens_generate_draws(micro_sft: Path) -> None:
+    """Same seed, same left-padded prompts: our decode loop returns generate's tokens exactly, stops when
+    every row has ended, and leaves a LoRA policy's weights as they were (merged only for the rollout)."""
+    import torch
+    from peft import get_peft_model
+
+    from align.chat import prompt_text
+    from align.config import LoraSettings
+    from align.generation import encode_left_padded
+    from align.models import load_tokenizer, lora_config
+    from align.stages.ppo.rollout import HFSampler, LeanSampler
+
+    source = resolve_model(str(micro_sft))
+    model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()[:24]]
+    queries = encode_left_padded(
+        tokenizer, [prompt_text(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in rows], "cpu"
+    )
+    assert queries["attention_mask"].sum(1).unique().numel() > 1
+    draws = {}
+    for name, engine in (("generate", HFSampler), ("lean", LeanSampler)):
+        torch.manual_seed(7)
+        draws[name] = engine(tokenizer, 0.7, 20).sample(
+            model, queries["input_ids"], queries["attention_mask"]
+        )
+    assert torch.equal(draws["lean"], draws["generate"])
+    assert (draws["lean"] == tokenizer.eos_token_id).any(1).all()  # every row ended, then the loop stopped
+
+    policy = get_peft_model(model, lora_config(LoraSettings(r=4, alpha=8), model))
+    for module in policy.modules():  # a trained-looking adapter, so merging changes the weights
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    torch.manual_seed(7)
+    LeanSampler(tokenizer, 0.7, 20).sample(policy, queries["input_ids"], queries["attention_mask"])
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)

@@ -7,7 +7,8 @@ log-softmax, so the update sees exactly the distribution the rollout sampled fro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,6 +67,71 @@ class HFSampler:
         )
         output = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config)
         return output[:, queries.shape[1] :]
+
+
+@dataclass
+class LeanSampler:
+    """The rollout engine: a hand-written decode loop over the KV cache, without `generate`'s per-token
+    machinery (logits processors, stopping criteria, cache bookkeeping), that stops as soon as every row
+    has produced its EOS. It draws each token exactly as `generate` does (fp32 logits / temperature,
+    softmax, one `torch.multinomial` per step, pad after EOS), so with the same seed it returns the same
+    tokens, and LoRA adapters are merged for the rollout and unmerged afterwards (decode then runs plain
+    matmuls; the update trains the adapters as before)."""
+
+    tokenizer: Any
+    temperature: float
+    max_new_tokens: int
+
+    @torch.no_grad()
+    def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        with _merged_adapters(model):
+            return self._decode(model, queries, query_mask)
+
+    def _decode(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        mask = query_mask.clone()
+        positions = mask.long().cumsum(1) - 1
+        out = model(
+            input_ids=queries,
+            attention_mask=mask,
+            position_ids=positions.clamp(min=0),
+            use_cache=True,
+        )
+        position = positions[:, -1:]
+        finished = torch.zeros(queries.shape[0], dtype=torch.bool, device=queries.device)
+        tokens = []
+        for _ in range(self.max_new_tokens):
+            probs = torch.softmax(out.logits[:, -1, :].float() / self.temperature, dim=-1)
+            token = torch.multinomial(probs, num_samples=1).squeeze(1)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            tokens.append(token)
+            finished |= token == eos
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            position = position + 1
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        return torch.stack(tokens, dim=1)
+
+
+@contextmanager
+def _merged_adapters(model: Any) -> Iterator[None]:
+    """LoRA folded into the weights for the duration of a rollout (a no-op for a plain model)."""
+    merge = getattr(model, "merge_adapter", None)
+    if merge is None or getattr(model, "disable_adapters", False):
+        yield
+        return
+    merge()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from align.generation import response_logprobs
 from align.models import load_tokenizer, pick_device, resolve_model, save_policy
 from align.stages.ppo import core
 from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
-from align.stages.ppo.rollout import HFSampler, Trajectory, collect
+from align.stages.ppo.rollout import HFSampler, LeanSampler, Trajectory, collect
 from align.training import TrainingDiverged
 
 
@@ -86,7 +86,8 @@ class PPOLoop:
         self.policy, self.reference, self.critic, self.reward = policy, reference, critic, reward
         self.tokenizer, self.prompts, self.writer, self.device = tokenizer, prompts, writer, device
         s = self.settings
-        self.sampler = HFSampler(tokenizer, s.temperature, s.max_new_tokens)
+        engine = LeanSampler if s.rollout_engine == "lean" else HFSampler
+        self.sampler = engine(tokenizer, s.temperature, s.max_new_tokens)
         fused = {"fused": True} if device.type == "cuda" else {}
         self.policy_optimizer = torch.optim.AdamW(trainable(policy), lr=s.learning_rate, eps=1e-5, **fused)
         self.critic_optimizer = torch.optim.AdamW(

@@ -159,12 +159,25 @@ def pick_device() -> torch.device:
 
 
 def _from_pretrained(location: str, trust_remote_code: bool, dtype: torch.dtype) -> PreTrainedModel:
+    return load_pretrained(
+        AutoModelForCausalLM, location, "a causal LM", trust_remote_code=trust_remote_code, dtype=dtype
+    )
+
+
+def load_pretrained(auto_class: Any, location: str | Path, what: str, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained` from safetensors only, with a missing or corrupt file reported in one
+    line that points at `align verify` instead of a deserialisation traceback."""
+    from safetensors import SafetensorError
+
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            location, trust_remote_code=trust_remote_code, dtype=dtype, use_safetensors=True
+        return auto_class.from_pretrained(str(location), use_safetensors=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        hint = (
+            f"; `align verify {Path(location).parent}` checks every file"
+            if is_artifact(Path(location).parent)
+            else ""
         )
-    except OSError as exc:
-        raise ArtifactError(f"{location}: cannot load a causal LM ({_first_line(exc)})") from None
+        raise ArtifactError(f"{location}: cannot load {what} ({_first_line(exc)}){hint}") from None
 
 
 def _first_line(exc: BaseException) -> str:

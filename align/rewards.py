@@ -36,10 +36,10 @@ class RewardModel:
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from align.models import pick_device
+        from align.models import load_pretrained, pick_device
 
         artifact = load_artifact(path, expect_stage="rm")
-        model = AutoModelForSequenceClassification.from_pretrained(artifact.model_dir, use_safetensors=True)
+        model = load_pretrained(AutoModelForSequenceClassification, artifact.model_dir, "a reward model")
         tokenizer = AutoTokenizer.from_pretrained(artifact.model_dir)
         return cls(model.to(device or pick_device()), tokenizer, artifact)
 

@@ -172,6 +172,24 @@ def micro_evaluated(
     return micro_runs
 
 
+def train_rm_briefly(runner: CliRunner, model: Path, data: Path, output: Path) -> None:
+    """`align rm` for two steps on a pairs source: proves the source is training data the RM stage takes."""
+    result = invoke(
+        runner,
+        "rm",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        output,
+        "--max-steps",
+        "2",
+        *sets("eval_fraction=0", "train.save_steps=0"),
+    )
+    assert result.exit_code == 0, result.output
+
+
 def sets(*assignments: str) -> list[str]:
     """`--set a=1 --set b=2` for CLI calls in tests."""
     return [arg for assignment in assignments for arg in ("--set", assignment)]

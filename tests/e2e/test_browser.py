@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, invoke, sets
+from tests.conftest import REPO, train_rm_briefly
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -116,20 +116,7 @@ def test_rank_in_the_browser_then_train_a_reward_model(
     ]
     assert rows[0]["responses"] == [t if t != "(empty response)" else "" for t in shown]  # what was shown
     assert {r["annotator"] for r in rows} == {"ada"}
-    result = invoke(
-        runner,
-        "rm",
-        "--model",
-        micro_sft,
-        "--data",
-        rankings,
-        "--output",
-        tmp_path / "rm",
-        "--max-steps",
-        "2",
-        *sets("eval_fraction=0", "train.save_steps=0"),
-    )
-    assert result.exit_code == 0, result.output
+    train_rm_briefly(runner, micro_sft, rankings, tmp_path / "rm")
 
 
 def test_arena_votes_give_the_win_rate_on_the_page(

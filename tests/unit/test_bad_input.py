@@ -116,3 +116,166 @@ def test_eval_and_show_refuse_bad_paths(runner, tmp_path: Path) -> None:
     for args in (["show", tmp_path], ["verify", tmp_path / "x"], ["eval", "--model", "./nowhere"]):
         result = invoke(runner, *args)
         assert result.exit_code == 2 and result.stderr.startswith("error: "), result.output
+
+
+PAIR = '{"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "4"}\n'
+STAGE_CASES = {
+    # name: (CLI args with {sft} {rm} {base} {data} {out} {tmp} placeholders, data file content, message)
+    "rm: chosen equals rejected everywhere": (
+        ["rm", "--model", "{sft}", "--data", "{data}"],
+        '{"prompt": "a", "chosen": "x", "rejected": "x"}\n',
+        "no usable pairs rows (1 chosen equals rejected)",
+    ),
+    "rm: empty strings": (
+        ["rm", "--model", "{sft}", "--data", "{data}"],
+        '{"prompt": "a", "chosen": "", "rejected": "y"}\n',
+        "no usable pairs rows (1 empty response)",
+    ),
+    "rm: ranking repeats an index": (
+        ["rm", "--model", "{sft}", "--data", "{data}"],
+        '{"prompt": "a", "responses": ["x", "y"], "ranking": [0, 0]}\n',
+        "d.jsonl:1: field 'ranking' must list every index",
+    ),
+    "rm: responses not strings": (
+        ["rm", "--model", "{sft}", "--data", "{data}"],
+        '{"prompt": "a", "responses": ["x", 1], "ranking": [0, 1]}\n',
+        "d.jsonl:1: field 'responses' must be a list of strings",
+    ),
+    "rm: a model artifact as data": (
+        ["rm", "--model", "{sft}", "--data", "{sft}"],
+        None,
+        "an artifact without data/",
+    ),
+    "dpo: negative beta": (
+        ["dpo", "--model", "{sft}", "--data", "{data}", "--beta", "-1"],
+        PAIR,
+        "beta must be > 0",
+    ),
+    "dpo: label smoothing 0.5": (
+        ["dpo", "--model", "{sft}", "--data", "{data}", "--set", "label_smoothing=0.5"],
+        PAIR,
+        "label_smoothing must be in [0, 0.5)",
+    ),
+    "dpo: rounds without a judge": (
+        ["dpo", "--model", "{sft}", "--rounds", "2", "--prompts", "{data}"],
+        PAIR,
+        "give exactly one of --reward-model ARTIFACT or --reward module:function",
+    ),
+    "dpo: transcript without an assistant turn": (
+        ["dpo", "--model", "{sft}", "--data", "{data}"],
+        '{"chosen": "\\n\\nHuman: hi", "rejected": "\\n\\nHuman: yo"}\n',
+        "d.jsonl:1",
+    ),
+    "pairs: one sample per prompt": (
+        ["pairs", "--model", "{sft}", "--prompts", "{data}", "--reward", "tests.rewards:longer", "--n", "1"],
+        PAIR,
+        "sampling.n must be >= 2",
+    ),
+    "pairs: label noise over half": (
+        [
+            "pairs",
+            "--model",
+            "{sft}",
+            "--prompts",
+            "{data}",
+            "--reward",
+            "tests.rewards:longer",
+            "--label-noise",
+            "0.6",
+        ],
+        PAIR,
+        "sampling.label_noise must be in [0, 0.5)",
+    ),
+    "pairs: judge not a reward model": (
+        ["pairs", "--model", "{sft}", "--prompts", "{data}", "--reward-model", "{sft}"],
+        PAIR,
+        "a 'sft' artifact, but this needs a 'rm' one",
+    ),
+    "ppo: prompts longer than the context": (
+        ["ppo", "--model", "{sft}", "--reward-model", "{rm}", "--prompts", "{data}"],
+        '{"prompt": "' + "word " * 400 + '"}\n',
+        "fewer than ppo.rollouts",
+    ),
+    "ppo: unknown rollout engine": (
+        [
+            "ppo",
+            "--model",
+            "{sft}",
+            "--reward-model",
+            "{rm}",
+            "--prompts",
+            "{data}",
+            "--set",
+            "ppo.rollout_engine=vllm",
+        ],
+        PAIR,
+        "ppo.rollout_engine must be 'lean' or 'generate'",
+    ),
+    "sft: gigantic line": (
+        ["sft", "--model", "{base}", "--data", "{data}"],
+        '{"prompt": "a", "completion": "' + "x " * 1_000_000 + '"}\n',
+        "every row is longer than max_length",
+    ),
+    "eval: best-of-1": (
+        ["eval", "--model", "{sft}", "--best-of-n", "1"],
+        None,
+        "best_of_n values must be >= 2",
+    ),
+    "eval: best-of-n without a reward model": (
+        ["eval", "--model", "{sft}", "--best-of-n", "4"],
+        None,
+        "best_of_n needs a reward_model",
+    ),
+    "export: a reward model as the policy": (
+        ["export", "--model", "{rm}"],
+        None,
+        "a 'rm' artifact, but this needs",
+    ),
+    "generate: a weights file removed": (
+        ["generate", "--model", "{broken}", "--prompt", "hi"],
+        None,
+        "incomplete artifact, missing model/model.safetensors",
+    ),
+    "generate: weights overwritten with garbage": (
+        ["generate", "--model", "{tampered}", "--prompt", "hi"],
+        None,
+        "cannot load a causal LM (Error while deserializing header",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STAGE_CASES))
+def test_bad_input_in_every_stage(
+    runner, micro_base: Path, micro_sft: Path, micro_rm: Path, tmp_path: Path, name: str
+) -> None:
+    import shutil
+
+    args, content, expected = STAGE_CASES[name]
+    data = tmp_path / "d.jsonl"
+    if content is not None:
+        data.write_text(content)
+    broken = tmp_path / "broken"
+    if "{broken}" in args:  # a copy of the SFT artifact whose weights file went missing
+        shutil.copytree(micro_sft, broken)
+        (broken / "model" / "model.safetensors").unlink()
+    tampered = tmp_path / "tampered"
+    if "{tampered}" in args:  # a copy of the SFT artifact whose weights file was overwritten
+        shutil.copytree(micro_sft, tampered)
+        (tampered / "model" / "model.safetensors").write_bytes(b"not safetensors at all")
+    substitutions = {
+        "{tampered}": str(tampered),
+        "{sft}": str(micro_sft),
+        "{rm}": str(micro_rm),
+        "{base}": str(micro_base),
+        "{data}": str(data),
+        "{broken}": str(broken),
+    }
+    argv = [_substitute(arg, substitutions) for arg in args]
+    if argv[0] not in ("eval", "generate"):
+        argv += ["--output", str(tmp_path / "out")]
+    result = invoke(runner, *argv)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0], lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from align.artifacts import load_artifact
 from align.models import load_policy, load_tokenizer, resolve_model
-from tests.conftest import REPO, invoke, sets
+from tests.conftest import REPO, invoke, sets, train_rm_briefly
 
 PAIRS = REPO / "data/synthetic/pairs.jsonl"
 PROMPTS = REPO / "data/synthetic/ppo.jsonl"
@@ -221,20 +221,7 @@ def test_pairs_from_the_policy_feed_the_reward_model(runner, micro_sft: Path, tm
         assert row["chosen_score"] > row["rejected_score"]
         assert row["chosen_score"] == min(len(row["chosen"]), 40) / 40
     assert artifact.parent("sft") is not None  # the lineage names the policy that answered
-    trained = invoke(
-        runner,
-        "rm",
-        "--model",
-        micro_sft,
-        "--data",
-        tmp_path / "pairs",
-        "--output",
-        tmp_path / "rm",
-        "--max-steps",
-        "2",
-        *sets("eval_fraction=0", "train.save_steps=0"),
-    )
-    assert trained.exit_code == 0, trained.output
+    train_rm_briefly(runner, micro_sft, tmp_path / "pairs", tmp_path / "rm")
 
 
 def test_iterative_dpo_moves_the_policy_towards_the_judge(runner, micro_sft: Path, tmp_path: Path) -> None:

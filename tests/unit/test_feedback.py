@@ -12,7 +12,7 @@ from align.errors import DataError
 from align.feedback.store import JudgementLog
 from align.feedback.tasks import ArenaTask, LabelTask, Sampler
 from align.generation import Sampling
-from tests.conftest import REPO, invoke, sets
+from tests.conftest import REPO, invoke, train_rm_briefly
 
 PROMPTS = REPO / "data/synthetic/eval.jsonl"
 
@@ -124,20 +124,7 @@ def test_headless_label_feeds_align_rm(runner, micro_sft: Path, tmp_path: Path) 
     for row in (r for r in rows if r["judgement"] == "ranking"):
         lengths = [min(len(row["responses"][i]), 40) for i in row["ranking"]]
         assert lengths == sorted(lengths, reverse=True)  # best first, as the judge scored them
-    trained = invoke(
-        runner,
-        "rm",
-        "--model",
-        micro_sft,
-        "--data",
-        rankings,
-        "--output",
-        tmp_path / "rm",
-        "--max-steps",
-        "3",
-        *sets("eval_fraction=0", "train.save_steps=0"),
-    )
-    assert trained.exit_code == 0, trained.output
+    train_rm_briefly(runner, micro_sft, rankings, tmp_path / "rm")
     pairs = load_data(str(rankings), "pairs").rows
     assert json.loads((tmp_path / "rm/manifest.json").read_text())["data"]["rows"] == len(pairs) > 12
 

@@ -8,6 +8,8 @@
 
 A run works in `<output>.partial/` (which holds its checkpoints, so `--resume` finds them) and is
 renamed into place only when complete: a killed run never leaves a directory a later stage accepts.
+Under `accelerate launch` every process runs the stage, but only the main one commits: the others
+write into a private scratch directory that is discarded, and share the main one's checkpoints.
 """
 
 from __future__ import annotations
@@ -145,19 +147,23 @@ class ArtifactWriter:
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
-        self.work_dir = self.output.with_name(self.output.name + PARTIAL_SUFFIX)
+        self.shared_dir = self.output.with_name(self.output.name + PARTIAL_SUFFIX)
+        self.rank = process_rank()
+        self.work_dir = self.shared_dir if self.rank == 0 else Path(f"{self.shared_dir}.rank{self.rank}")
         if self.output.exists() and not is_artifact(self.output):
             raise ArtifactError(f"{self.output}: exists and is not an align artifact; refusing to replace it")
-        if self.work_dir.exists() and not self.resume:
+        if self.work_dir.exists() and (self.rank != 0 or not self.resume):
             shutil.rmtree(self.work_dir)
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArtifactError(f"{self.work_dir}: cannot create ({exc.strerror})") from None
+        wait_for_all_processes()
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.work_dir / "checkpoints"
+        """Shared by all processes (the trainer coordinates who writes what)."""
+        return self.shared_dir / "checkpoints"
 
     @property
     def logs_dir(self) -> Path:
@@ -177,10 +183,19 @@ class ArtifactWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         """On failure keep the work directory only if it holds a checkpoint worth resuming."""
         resumable = self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir())
-        if exc_type is not None and self.work_dir.exists() and not resumable:
+        if exc_type is not None and self.work_dir.exists() and (self.rank != 0 or not resumable):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def commit(self, keep_checkpoints: bool = False) -> Artifact:
+        if self.rank != 0:  # the main process commits; this one drops its scratch copy
+            wait_for_all_processes()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            return load_artifact(self.output)
+        artifact = self._commit(keep_checkpoints)
+        wait_for_all_processes()
+        return artifact
+
+    def _commit(self, keep_checkpoints: bool) -> Artifact:
         if not keep_checkpoints:
             shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
         files = {
@@ -204,6 +219,22 @@ class ArtifactWriter:
         write_json_atomic(self.work_dir / MANIFEST, manifest)
         _swap_into_place(self.work_dir, self.output)
         return load_artifact(self.output)
+
+
+def process_rank() -> int:
+    """This process's index under `accelerate launch` / torchrun (0 when running alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    from accelerate import PartialState
+
+    return PartialState().process_index
+
+
+def wait_for_all_processes() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def update_metrics(artifact: Artifact, metrics: dict[str, Any]) -> Artifact:

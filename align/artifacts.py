@@ -182,7 +182,9 @@ class ArtifactWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         """On failure keep the work directory only if it holds a checkpoint worth resuming."""
-        resumable = self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir())
+        resumable = self.checkpoints_dir.is_dir() and any(
+            p.is_dir() and p.name.startswith(("checkpoint-", "step-")) for p in self.checkpoints_dir.iterdir()
+        )
         if exc_type is not None and self.work_dir.exists() and (self.rank != 0 or not resumable):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 

@@ -6,6 +6,7 @@ config field. User errors print one line and exit with code 2; success prints th
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -71,6 +72,9 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def _handle(action: Callable[[], Any]) -> Any:
     """Run a command; an AlignError becomes one line on stderr and exit code 2."""
     try:
@@ -81,6 +85,16 @@ def _handle(action: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
         raise typer.Exit(130) from None
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        # a full disk or a read-only / forbidden directory: nothing was committed, any earlier artifact stands
+        where = f" writing {exc.filename}" if exc.filename else ""
+        typer.echo(
+            f"error: {exc.strerror}{where}; no artifact was replaced (free space or fix permissions, rerun)",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
 
 def _stage(

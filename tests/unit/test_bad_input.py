@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from align.artifacts import ArtifactWriter
-from tests.conftest import invoke, synthetic_sft_rows, write_jsonl
+from tests.conftest import invoke, sets, synthetic_sft_rows, write_jsonl
 
 GOOD_ROW = '{"prompt": "Add 1 and 2.", "completion": "3"}\n'
 
@@ -279,3 +279,46 @@ def test_bad_input_in_every_stage(
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expected in lines[0], lines[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("where", ["saving the weights", "committing the manifest"])
+def test_a_full_disk_is_one_line_and_keeps_the_old_artifact(
+    runner, micro_base: Path, tmp_path: Path, monkeypatch, where: str
+) -> None:
+    import errno
+
+    import transformers.modeling_utils
+
+    import align.artifacts
+
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(50))
+    common = [
+        "sft",
+        "--model",
+        micro_base,
+        "--data",
+        data,
+        "--output",
+        tmp_path / "out",
+        "--max-steps",
+        "2",
+        "--full",
+    ]
+    assert invoke(runner, *common, *sets("train.save_steps=0")).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.partial" / "x"))
+
+    target = (
+        (transformers.modeling_utils, "safe_save_file")
+        if where == "saving the weights"
+        else (align.artifacts, "write_json_atomic")
+    )
+    monkeypatch.setattr(*target, full)
+    result = invoke(runner, *common, "--lr", "1e-3", *sets("train.save_steps=0"))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: No space left on device writing"), lines
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "out.partial").exists()

@@ -5,7 +5,7 @@
 Needs runs/tiny/sft and runs/tiny/rm (`make demo` makes them). Per seed it trains, from the same SFT
 policy: PPO against the RM, PPO against the gold reward function (the proxy gap), DPO on the pairs, the
 control "SFT on the chosen answers" for as many steps as DPO (so DPO's own contribution shows), GRPO and
-RLOO against the gold reward. Then a PPO sweep of the KL coefficient (over-optimisation: RM score and
+RLOO against the gold reward, and iterative DPO judged by the gold reward. Then a PPO sweep of the KL coefficient (over-optimisation: RM score and
 gold against KL). Every policy is evaluated on the 1,200 held-out prompts: gold sampled at T=0.7 and
 greedy, RM score, KL to the SFT policy, wall time. Writes one JSON file and prints a markdown table.
 """
@@ -86,6 +86,7 @@ def methods(runs: Path, seed: int) -> dict[str, list[str]]:
         ],
         "dpo": ["dpo", "--recipe", "recipes/tiny/dpo.yaml", "--model", sft, "--seed", s],
         "sft_chosen": ["sft", "--recipe", "recipes/tiny/sft_chosen.yaml", "--model", sft, "--seed", s],
+        "dpo_online_gold": ["dpo", "--recipe", "recipes/tiny/dpo_online.yaml", "--model", sft, "--seed", s],
         "grpo_gold": ["grpo", "--recipe", "recipes/tiny/grpo.yaml", "--model", sft, "--seed", s],
         "rloo_gold": ["rloo", "--recipe", "recipes/tiny/rloo.yaml", "--model", sft, "--seed", s],
     }
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--single-seed",
         nargs="+",
-        default=["grpo_gold", "rloo_gold"],
+        default=["dpo_online_gold", "grpo_gold", "rloo_gold"],
         help="methods run for the first seed only",
     )
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.2])

@@ -28,6 +28,7 @@ from align.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"  # the previous artifact, for the instant of the swap
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
 
 
@@ -71,6 +72,7 @@ def load_artifact(path: str | Path, expect_stage: str | tuple[str, ...] | None =
     if path.name.endswith(PARTIAL_SUFFIX):
         raise ArtifactError(f"{path}: an unfinished run (resume it with --resume), not an artifact")
     manifest_path = path / MANIFEST
+    restore_interrupted_swap(path)
     if not path.exists():
         raise ArtifactError(f"{path}: no such artifact directory")
     if not manifest_path.is_file():
@@ -150,6 +152,7 @@ class ArtifactWriter:
         self.shared_dir = self.output.with_name(self.output.name + PARTIAL_SUFFIX)
         self.rank = process_rank()
         self.work_dir = self.shared_dir if self.rank == 0 else Path(f"{self.shared_dir}.rank{self.rank}")
+        restore_interrupted_swap(self.output)
         if self.output.exists() and not is_artifact(self.output):
             raise ArtifactError(f"{self.output}: exists and is not an align artifact; refusing to replace it")
         if self.work_dir.exists() and (self.rank != 0 or not self.resume):
@@ -257,9 +260,17 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def restore_interrupted_swap(output: Path) -> None:
+    """A kill between the two renames of `_swap_into_place` leaves the previous artifact as `<output>.old`
+    and no `<output>`: put the previous artifact back (the new run's work directory stays for a rerun)."""
+    old = output.with_name(output.name + OLD_SUFFIX)
+    if not output.exists() and is_artifact(old):
+        os.replace(old, output)
+
+
 def _swap_into_place(work_dir: Path, output: Path) -> None:
     """Rename the finished work directory onto `output`; an existing artifact is replaced only now."""
-    old = output.with_name(output.name + ".old")
+    old = output.with_name(output.name + OLD_SUFFIX)
     shutil.rmtree(old, ignore_errors=True)
     if output.exists():
         os.replace(output, old)

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from align.artifacts import ArtifactWriter
 from align.config import TrainSettings
@@ -89,9 +88,7 @@ def callbacks(writer: ArtifactWriter) -> list[TrainerCallback]:
 
 def train(trainer: Any, writer: ArtifactWriter, resume: bool) -> dict[str, Any]:
     """Run `trainer.train()`, resuming from the last checkpoint when asked; return summary metrics."""
-    checkpoint = None
-    if resume and writer.checkpoints_dir.is_dir():
-        checkpoint = get_last_checkpoint(str(writer.checkpoints_dir))
+    checkpoint = last_complete_checkpoint(writer.checkpoints_dir) if resume else None
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -103,6 +100,19 @@ def train(trainer: Any, writer: ArtifactWriter, resume: bool) -> dict[str, Any]:
         "train_seconds": round(time.perf_counter() - start, 2),
         "resumed_from": checkpoint and Path(checkpoint).name,
     }
+
+
+def last_complete_checkpoint(root: Path) -> str | None:
+    """The newest checkpoint the trainer finished writing: its trainer_state.json is written last, so a
+    checkpoint cut short by a kill has none and is skipped."""
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 def evaluate_loss(trainer: Any) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.artifacts import load_artifact
 from align.data import load_data
+from align.errors import ArtifactError
 from align.models import load_policy, load_tokenizer, resolve_model
 from tests.conftest import REPO, invoke, synthetic_sft_rows, write_jsonl
 
@@ -216,13 +218,34 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(micro_base: Path, tmp_
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not killed.exists()  # no half artifact
+    torn = killed.with_name("killed.partial") / "checkpoints" / "checkpoint-990"
+    torn.mkdir()  # what a kill in the middle of writing a checkpoint leaves: weights, no trainer state
+    (torn / "model.safetensors").write_bytes(b"half")
     resumed = subprocess.run([*command, "--output", str(killed), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     straight, again = load_artifact(tmp_path / "straight").metrics, load_artifact(killed).metrics
-    assert again["resumed_from"] in {f"checkpoint-{k}" for k in (20, 30, 40, 50)}
+    assert again["resumed_from"] in {f"checkpoint-{k}" for k in (20, 30, 40, 50)}  # the torn one skipped
     assert again["steps"] == straight["steps"] == 60
     assert again["last_loss"] == pytest.approx(straight["last_loss"], rel=1e-4)
     assert again["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-4)
+
+
+def test_a_kill_between_the_commit_renames_restores_the_previous_artifact(
+    runner, micro_base: Path, tmp_path: Path
+) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(60))
+    common = ["sft", "--model", micro_base, "--data", data, "--output", tmp_path / "out", "--max-steps", "2"]
+    assert invoke(runner, *common, "--set", "train.save_steps=0").exit_code == 0
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    # the state a SIGKILL between `_swap_into_place`'s two renames leaves behind
+    os.replace(tmp_path / "out", tmp_path / "out.old")
+    shutil.copytree(tmp_path / "out.old", tmp_path / "out.partial")
+    assert load_artifact(tmp_path / "out").manifest == json.loads(manifest)  # the previous artifact is back
+    assert not (tmp_path / "out.old").exists()
+    with pytest.raises(ArtifactError, match="an unfinished run"):
+        load_artifact(tmp_path / "out.partial")  # the next stage never takes the half-committed one
+    assert invoke(runner, *common, "--lr", "1e-3", "--set", "train.save_steps=0").exit_code == 0
+    assert (tmp_path / "out" / "manifest.json").read_text() != manifest
 
 
 def test_moved_runs_still_load(runner, micro_base: Path, tmp_path: Path) -> None:

@@ -231,7 +231,11 @@ def test_lean_rollout_engine_draws_the_tokens_generate_draws(micro_sft: Path) ->
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.05)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
+    merges = []
+    merge = policy.merge_adapter
+    policy.merge_adapter = lambda *a, **k: merges.append(1) or merge(*a, **k)
     torch.manual_seed(7)
     LeanSampler(tokenizer, 0.7, 20).sample(policy, queries["input_ids"], queries["attention_mask"])
+    assert merges == [1]  # the rollout really ran on merged weights
     for key, value in policy.state_dict().items():
         torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)

@@ -755,14 +755,9 @@ def _run_feedback(
         raise ConfigError("give --reward or --reward-model as the judge, not both")
     if reward or reward_model:
         from align.feedback.tasks import judge_all
-        from align.rewards import RewardModel, checked, load_reward_function
+        from align.rewards import load_judge
 
-        score = (
-            checked(load_reward_function(reward), reward)
-            if reward
-            else RewardModel.load(reward_model, device=None).score
-        )
-        typer.echo(json.dumps(judge_all(task, score)))
+        typer.echo(json.dumps(judge_all(task, load_judge(reward_model, reward)[1])))
         return
     from align.feedback.server import serve
 

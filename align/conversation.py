@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from align.chat import prompt_text
-from align.generation import Sampling, decode_response, generate_ids
+from align.generation import Sampling, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, resolve_model
 from align.rewards import RewardModel
 
@@ -53,8 +53,7 @@ class Conversation:
         """The model's answer to `user` (without the EOS text), after the safety filter."""
         prompt = prompt_text(self.tokenizer, self.messages(user))
         self.seed += 1
-        ids = generate_ids(self.model, self.tokenizer, [prompt], self.sampling, 1, self.seed)[0]
-        response = decode_response(self.tokenizer, ids)
+        response = sample_texts(self.model, self.tokenizer, [prompt], self.sampling, 1, self.seed)[0]
         if self.safety is not None and self.safety.score([prompt], [response])[0] < self.safety_threshold:
             return REFUSAL
         answer = response.removesuffix(self.tokenizer.eos_token).strip()

@@ -25,26 +25,27 @@ from align.config import EvalConfig
 from align.data import load_data
 from align.data.synthetic import family_of, gold_reward, parse_task
 from align.errors import DataError
-from align.generation import Sampling, decode_response, generate_ids, sequence_kl
+from align.generation import Sampling, decode_response, generate_ids, sample_texts, sequence_kl
 from align.models import ModelSource, load_policy, load_tokenizer, pick_device, resolve_model
 from align.rewards import RewardModel
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
     """The figures of one policy (see the module docstring)."""
-    return _evaluate(config)[0]
+    return _evaluate(config, _scorer(config.reward_model))[0]
 
 
 def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> dict[str, Any]:
     """Evaluate several policies on the same prompts, then the win rate of each later one against the
     first, judged per prompt on the sampled responses by `judge` (an RM artifact; default the config's
     RM, else the gold reward of synthetic prompts)."""
+    scorer = _scorer(config.reward_model)  # loaded once for every policy
     results, responses = {}, {}
     for model in models:
-        results[model], prompts, responses[model] = _evaluate(replace(config, model=model))
+        results[model], prompts, responses[model] = _evaluate(replace(config, model=model), scorer)
     judge = judge or config.reward_model
     if judge:
-        score = RewardModel.load(judge, device=pick_device()).score
+        score = (scorer if judge == config.reward_model else _scorer(judge)).score
     elif all(family_of(p) != "unknown" for p in prompts):
         score, judge = gold_reward, "gold"
     else:
@@ -56,8 +57,12 @@ def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> 
     return {"policies": results, "judge": judge, "win_rate": win_rates}
 
 
-def _evaluate(config: EvalConfig) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Figures, rendered prompts and sampled responses of one policy."""
+def _scorer(reward_model: str | None) -> RewardModel | None:
+    return RewardModel.load(reward_model, device=pick_device()) if reward_model else None
+
+
+def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Figures, rendered prompts and sampled responses of one policy, scored by `scorer` (the config's RM)."""
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
     device = pick_device()
@@ -65,7 +70,6 @@ def _evaluate(config: EvalConfig) -> tuple[dict[str, Any], list[str], list[str]]
     rows = load_data(config.prompts, "prompts", config.limit).rows
     prompts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     synthetic = all(family_of(p) != "unknown" for p in prompts)
-    scorer = RewardModel.load(config.reward_model, device=device) if config.reward_model else None
     reference = _reference(config, source)
     decodings = {"sampled": Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)}
     if config.greedy:
@@ -115,8 +119,7 @@ def best_of_n(
     method must beat at the same KL. Its KL to the sampling policy is log n - (n-1)/n (analytic)."""
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
     repeated = [p for p in prompts for _ in range(n)]
-    ids = generate_ids(model, tokenizer, repeated, sampling, config.batch_size, config.seed + 1)
-    responses = [decode_response(tokenizer, row) for row in ids]
+    responses = sample_texts(model, tokenizer, prompts, sampling, config.batch_size, config.seed + 1, n)
     scores = scorer.score(repeated, responses)
     best = [max(range(i * n, (i + 1) * n), key=scores.__getitem__) for i in range(len(prompts))]
     figures = {

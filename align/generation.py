@@ -77,9 +77,26 @@ def generate(
     seed: int = 0,
 ) -> list[str]:
     """Responses to chat prompts, in order, as text (see `decode_response`)."""
-    rendered = [prompt_text(tokenizer, p) for p in prompts]
-    ids = generate_ids(model, tokenizer, rendered, sampling, batch_size, seed)
-    return [decode_response(tokenizer, row) for row in ids]
+    return sample_texts(
+        model, tokenizer, [prompt_text(tokenizer, p) for p in prompts], sampling, batch_size, seed
+    )
+
+
+def sample_texts(
+    model: Any,
+    tokenizer: Any,
+    rendered: list[str],
+    sampling: Sampling,
+    batch_size: int = 64,
+    seed: int = 0,
+    n: int = 1,
+) -> list[str]:
+    """`n` responses to each rendered prompt as text, grouped by prompt (prompt i owns [i*n, (i+1)*n))."""
+    repeated = [p for p in rendered for _ in range(n)]
+    return [
+        decode_response(tokenizer, row)
+        for row in generate_ids(model, tokenizer, repeated, sampling, batch_size, seed)
+    ]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

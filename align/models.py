@@ -17,12 +17,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from align.artifacts import Artifact, ArtifactWriter, is_artifact, load_artifact
+from align.artifacts import POLICY_STAGES, Artifact, ArtifactWriter, is_artifact, load_artifact
 from align.chat import ensure_chat_template
 from align.config import LoraSettings
 from align.errors import ArtifactError, ConfigError
 
-POLICY_STAGES = ("pretrain", "sft", "ppo", "dpo", "grpo", "rloo", "export")
 # peft's own default for GPT-2 is c_attn only; the MLP matters as much for instruction tuning.
 _LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"]}
 _FAN_IN_FAN_OUT = {"gpt2"}  # Conv1D layers store weights transposed

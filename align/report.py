@@ -18,9 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align.artifacts import Artifact, load_artifact
+from align.artifacts import POLICY_STAGES, Artifact, load_artifact
 from align.errors import ArtifactError
-from align.models import POLICY_STAGES
 
 
 def build(run_dir: str | Path, output: str | Path | None = None) -> Path:

@@ -60,6 +60,14 @@ class Dataset:
             "dropped": dict(self.dropped),
         }
 
+    def add(self, values: dict[str, Any], where: str) -> None:
+        """Normalise one raw row into this data set's rows, or count it under the reason it was dropped."""
+        self.read += 1
+        try:
+            self.rows.extend(_NORMALISERS[self.kind](values, where))
+        except Dropped as why:
+            self.dropped[str(why)] += 1
+
     def drop(self, indices: set[int], reason: str) -> None:
         """Drop rows found unusable by a stage (e.g. longer than its max_length), counting them."""
         if indices:
@@ -72,16 +80,11 @@ def load_data(name: str, kind: str, limit: int | None = None) -> Dataset:
     if kind not in KINDS:
         raise DataError(f"unknown data kind '{kind}' (use one of {', '.join(KINDS)})")
     source = open_source(name)
-    normalise = _NORMALISERS[kind]
     dataset = Dataset(kind, [], source)
     for raw in read_rows(source):
         if limit is not None and len(dataset.rows) >= limit:
             break
-        dataset.read += 1
-        try:
-            dataset.rows.extend(normalise(raw.values, raw.location))
-        except Dropped as why:
-            dataset.dropped[str(why)] += 1
+        dataset.add(raw.values, raw.location)
     if not dataset.rows:
         reasons = ", ".join(f"{n} {r}" for r, n in dataset.dropped.items()) or "no rows"
         raise DataError(f"{name}: no usable {kind} rows ({reasons})")

@@ -16,7 +16,7 @@ from align.chat import prompt_text
 from align.errors import DataError
 from align.evaluation import win_rate
 from align.feedback.store import JudgementLog
-from align.generation import Sampling, decode_response, generate_ids
+from align.generation import Sampling, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, resolve_model
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]
@@ -35,15 +35,8 @@ class Sampler:
         return prompt_text(self.tokenizer, prompt)
 
     def sample(self, prompt: list[dict[str, str]], n: int, item: int) -> list[str]:
-        ids = generate_ids(
-            self.model,
-            self.tokenizer,
-            [self.render(prompt)] * n,
-            self.sampling,
-            n,
-            self.seed * 1_000_003 + item,
-        )
-        return [decode_response(self.tokenizer, row) for row in ids]
+        seed = self.seed * 1_000_003 + item
+        return sample_texts(self.model, self.tokenizer, [self.render(prompt)], self.sampling, n, seed, n)
 
     def strip(self, response: str) -> str:
         """The text a person reads and a pairs file stores (training adds the EOS back)."""

@@ -23,7 +23,6 @@ from align import training
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import DPOConfig, to_dict
 from align.data import Dataset, load_data
-from align.data.formats import Dropped, pair_rows
 from align.errors import ConfigError
 from align.models import load_policy, load_tokenizer, lora_config, pick_device, resolve_model, save_policy
 from align.rewards import load_judge
@@ -86,10 +85,7 @@ def run_iterative(config: DPOConfig, resume: bool = False) -> Artifact:
             )
             pairs = Dataset("pairs", [], prompts_data.source)
             for i, row in enumerate(rows):
-                try:
-                    pairs.rows.extend(pair_rows(row, f"round {number + 1} pair {i}"))
-                except Dropped as why:
-                    pairs.dropped[str(why)] += 1
+                pairs.add(row, f"round {number + 1} pair {i}")
             if number == 0 and offline is not None:
                 pairs.rows.extend(offline.rows)
             train_rows, eval_rows = _rows(config, tokenizer, pairs, None)

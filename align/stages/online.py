@@ -14,7 +14,7 @@ import datasets
 import torch
 
 from align import training
-from align.artifacts import Artifact, ArtifactWriter, load_artifact
+from align.artifacts import Artifact, ArtifactWriter
 from align.chat import prompt_text
 from align.config import OnlineConfig, to_dict
 from align.data import load_data
@@ -27,7 +27,7 @@ from align.models import (
     resolve_model,
     save_policy,
 )
-from align.rewards import RewardFn, RewardModel, load_reward_function
+from align.rewards import RewardFn, load_judge
 
 
 def run_online(
@@ -36,12 +36,7 @@ def run_online(
     prompts = load_data(config.prompts, "prompts", config.limit)
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    rm_artifact = load_artifact(config.reward_model, expect_stage="rm") if config.reward_model else None
-    reward = (
-        RewardModel.load(rm_artifact.path, pick_device()).score
-        if rm_artifact
-        else load_reward_function(config.reward)
-    )
+    rm_artifact, reward = load_judge(config.reward_model, config.reward, pick_device())
     torch.manual_seed(config.train.seed)
     model = load_policy(source, config.trust_remote_code)
     with ArtifactWriter(config.output, stage, to_dict(config), resume) as writer:

@@ -24,7 +24,7 @@ from align.artifacts import Artifact, ArtifactWriter
 from align.chat import prompt_text
 from align.config import PairsConfig, SamplingSettings, to_dict
 from align.data import load_data
-from align.generation import Sampling, decode_response, generate_ids
+from align.generation import Sampling, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, record_base, resolve_model
 from align.rewards import RewardFn, load_judge
 
@@ -65,8 +65,7 @@ def sample_pairs(
     rendered = [prompt_text(tokenizer, p) for p in prompts]
     repeated = [p for p in rendered for _ in range(sampling.n)]
     decoding = Sampling(temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens)
-    ids = generate_ids(policy, tokenizer, repeated, decoding, sampling.batch_size, seed)
-    responses = [decode_response(tokenizer, row) for row in ids]
+    responses = sample_texts(policy, tokenizer, rendered, decoding, sampling.batch_size, seed, sampling.n)
     scores = judge(repeated, responses)
     flip = random.Random(f"{seed}:label_noise")
     rows, flipped = [], 0

@@ -1,11 +1,12 @@
 # `make demo` and `make test` work on a fresh clone: both create the virtualenv when it is missing.
 PY ?= python3
+SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs/tiny
 
-.PHONY: setup test lint demo pipeline pretrain sft rm ppo dpo results synth clean-runs
+.PHONY: setup test lint demo pipeline pretrain sft rm ppo dpo results bench bench-gpu synth clean-runs
 RECIPE ?= recipes/tiny/pipeline.yaml
 
 setup: $(STAMP)
@@ -52,6 +53,27 @@ ppo: setup
 results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
+
+# Speed and memory against plain transformers in the same run, one JSON line each (also kept in results/).
+BENCH := set -o pipefail; $(BIN)/python
+bench: setup
+	test -d $(RUNS)/rm || $(MAKE) demo
+	rm -f results/bench-cpu.jsonl
+	$(BENCH) bench/rollout.py --size tiny | tee -a results/bench-cpu.jsonl
+	$(BENCH) bench/rollout.py --size micro | tee -a results/bench-cpu.jsonl
+	$(BENCH) bench/rollout.py --size tiny --lora | tee -a results/bench-cpu.jsonl
+	$(BENCH) bench/ppo_step.py --runs $(RUNS) | tee -a results/bench-cpu.jsonl
+	$(BENCH) bench/memory.py --size gpt2 | tee -a results/bench-cpu.jsonl
+	$(BENCH) bench/train_throughput.py --model $(RUNS)/pretrain | tee -a results/bench-cpu.jsonl
+
+# The GPU set (one command, under 10 minutes on an H100); random GPT-2 weights, no hub needed.
+bench-gpu: setup
+	rm -f results/bench-gpu.jsonl
+	$(BENCH) bench/rollout.py --device cuda --size gpt2 --batch 64 --new-tokens 128 | tee -a results/bench-gpu.jsonl
+	$(BENCH) bench/rollout.py --device cuda --size gpt2 --batch 256 --new-tokens 128 | tee -a results/bench-gpu.jsonl
+	$(BENCH) bench/memory.py --device cuda --size gpt2 | tee -a results/bench-gpu.jsonl
+	$(BENCH) bench/train_throughput.py --device cuda --size gpt2-medium --steps 30 --set max_length=1024 \
+		--set train.batch_size=16 --set train.gradient_checkpointing=false | tee -a results/bench-gpu.jsonl
 
 clean-runs:
 	rm -rf $(RUNS)

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from align.distributed import process_rank, wait_for_all_processes
 from align.errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -233,22 +234,6 @@ class ArtifactWriter:
         write_json_atomic(self.work_dir / MANIFEST, manifest)
         _swap_into_place(self.work_dir, self.output)
         return load_artifact(self.output)
-
-
-def process_rank() -> int:
-    """This process's index under `accelerate launch` / torchrun (0 when running alone)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    from accelerate import PartialState
-
-    return PartialState().process_index
-
-
-def wait_for_all_processes() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
 
 
 def update_metrics(artifact: Artifact, metrics: dict[str, Any]) -> Artifact:

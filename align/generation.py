@@ -6,6 +6,7 @@ the model produced one, so reward functions can tell a finished answer from a cu
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,16 +111,27 @@ def response_logprobs(
     query_length: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each response token and the entropy at each response position.  -> [B, T], [B, T]"""
+    """Log-prob of each response token and the entropy at each response position.  -> [B, T], [B, T]
+    Only the T positions that predict response tokens go through the LM head (`logits_to_keep`), where
+    the model supports it: the prompt's logits are never used."""
+    keep = query_responses.shape[1] - query_length + 1
     logits = model(
-        input_ids=query_responses, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        **({"logits_to_keep": keep} if _keeps_logits(model) else {}),
     ).logits
-    logits = logits[:, query_length - 1 : -1].float() / temperature
+    logits = logits[:, -keep:-1].float() / temperature
     all_logprobs = torch.log_softmax(logits, dim=-1)
     responses = query_responses[:, query_length:]
     logprobs = all_logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
     entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
     return logprobs, entropy
+
+
+def _keeps_logits(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 @torch.no_grad()

@@ -169,7 +169,7 @@ def load_pretrained(auto_class: Any, location: str | Path, what: str, **kwargs: 
     from safetensors import SafetensorError
 
     try:
-        return auto_class.from_pretrained(str(location), use_safetensors=True, **kwargs)
+        return fuse_activations(auto_class.from_pretrained(str(location), use_safetensors=True, **kwargs))
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         hint = (
             f"; `align verify {Path(location).parent}` checks every file"
@@ -177,6 +177,19 @@ def load_pretrained(auto_class: Any, location: str | Path, what: str, **kwargs: 
             else ""
         )
         raise ArtifactError(f"{location}: cannot load {what} ({_first_line(exc)}){hint}") from None
+
+
+def fuse_activations(model: Any) -> Any:
+    """Swap transformers' tanh GELU written as seven elementwise ops (`gelu_new`, GPT-2's activation) for
+    torch's fused kernel of the same function (equal to 1e-6): a tenth off a small model's training step
+    on CPU. Only the modules change; the config keeps `gelu_new`, so saved models stay canonical."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+    return model
 
 
 def _first_line(exc: BaseException) -> str:

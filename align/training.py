@@ -17,6 +17,7 @@ from transformers.integrations import TensorBoardCallback
 
 from align.artifacts import ArtifactWriter
 from align.config import TrainSettings
+from align.distributed import on_accelerator
 from align.errors import AlignError, ConfigError
 
 
@@ -57,6 +58,8 @@ def trainer_config(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         report_to="none",
+        # without a GPU, launched processes must be CPU ones to join over gloo (else each runs alone)
+        use_cpu=not on_accelerator(),
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         optim="adamw_torch_fused" if cuda else "adamw_torch",

@@ -25,6 +25,7 @@ from align.artifacts import Artifact, ArtifactWriter
 from align.chat import DEFAULT_CHAT_TEMPLATE, ROLE_TOKENS
 from align.config import PretrainConfig, TokenizerSettings, to_dict
 from align.data import load_data
+from align.models import fuse_activations
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
@@ -39,7 +40,7 @@ def run(config: PretrainConfig, resume: bool = False) -> Artifact:
     with ArtifactWriter(config.output, "pretrain", to_dict(config), resume) as writer:
         tokenizer = train_tokenizer(train_texts, config.tokenizer)
         torch.manual_seed(config.train.seed)
-        model = GPT2LMHeadModel(_gpt2_config(config, tokenizer))
+        model = fuse_activations(GPT2LMHeadModel(_gpt2_config(config, tokenizer)))
         trainer = SFTTrainer(
             model=model,
             args=training.trainer_config(

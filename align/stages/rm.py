@@ -26,7 +26,14 @@ from align.config import RMConfig, to_dict
 from align.data import load_data
 from align.errors import DataError
 from align.evaluation import reward_model_report
-from align.models import load_policy, load_tokenizer, lora_config, record_base, resolve_model
+from align.models import (
+    fuse_activations,
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    record_base,
+    resolve_model,
+)
 from align.rewards import RewardModel
 from align.tokenize import tokenize_pairs
 
@@ -89,7 +96,7 @@ def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:
     config = policy.config
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = fuse_activations(AutoModelForSequenceClassification.from_config(config))
     missing, _ = model.load_state_dict(policy.state_dict(), strict=False)
     if any(not name.startswith("score") for name in missing):
         raise DataError(

@@ -12,46 +12,127 @@ import pytest
 from align.artifacts import load_artifact, verify
 from tests.conftest import REPO, sets
 
-ACCELERATE = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--config_file",
-    str(REPO / "recipes/accelerate/cpu2.yaml"),
-]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+CPU2 = REPO / "recipes/accelerate/cpu2.yaml"
 
 
-def test_two_processes_train_and_commit_one_artifact(micro_base: Path, tmp_path: Path) -> None:
-    output = tmp_path / "sft"
-    command = [
-        *ACCELERATE,
-        "-m",
-        "align.cli",
-        "sft",
+@pytest.fixture
+def fsdp_cpu2(tmp_path: Path) -> Path:
+    """recipes/accelerate/fsdp.yaml (FSDP2, GPT2Block wrapping) on 2 processes, fp32: what a CPU runs."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "recipes/accelerate/fsdp.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no")
+    path = tmp_path / "fsdp_cpu2.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(config: Path | None, stage: str, output: Path, *args: str) -> list[dict]:
+    """`align STAGE` under `accelerate launch --config_file CONFIG` (plainly, one process, without
+    one); the run's logged rows. Exactly one artifact must come out, and nothing else beside it."""
+    command = [*ACCELERATE, str(config), "-m", "align.cli"] if config else [sys.executable, "-m", "align.cli"]
+    result = subprocess.run(
+        [*command, stage, "--output", str(output), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in output.parent.iterdir() if p.name.startswith(output.name)] == [output.name]
+    assert verify(output) == []
+    return [json.loads(line) for line in (output / "logs/metrics.jsonl").read_text().splitlines()]
+
+
+def losses(rows: list[dict]) -> list[float]:
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1))  # logged once per step, by the main process
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize(("stage", "engine"), [("sft", "ddp"), ("rm", "ddp"), ("sft", "fsdp")])
+def test_two_processes_match_one_process_with_the_global_batch(
+    stage: str, engine: str, micro_base: Path, micro_sft: Path, fsdp_cpu2: Path, tmp_path: Path
+) -> None:
+    """2 processes x batch 4 take the steps 1 process x batch 8 takes: the same global sample order
+    (accelerate's seedable sampler, batches dealt to the processes in turn), the loss averaged over
+    the tokens of all processes (`average_tokens_across_devices`) and the gradients by DDP, or sharded
+    by FSDP2 (which torch runs on CPU over gloo). Tolerance: 1e-4 relative on every logged loss
+    (float summation order differs)."""
+    model, data = (micro_base, "sft.jsonl") if stage == "sft" else (micro_sft, "pairs.jsonl")
+    args = [
         "--model",
-        str(micro_base),
+        str(model),
         "--data",
-        str(REPO / "data/synthetic/sft.jsonl"),
-        "--output",
-        str(output),
+        str(REPO / "data/synthetic" / data),
         "--max-steps",
-        "12",
+        "6",
         "--full",
         "--lr",
         "3e-3",
         *sets("limit=600", "eval_fraction=0", "train.save_steps=0", "train.logging_steps=1"),
     ]
+    config = CPU2 if engine == "ddp" else fsdp_cpu2
+    two = losses(launch(config, stage, tmp_path / "two" / stage, *args, *sets("train.batch_size=4")))
+    one = losses(launch(None, stage, tmp_path / "one" / stage, *args, *sets("train.batch_size=8")))
+    assert len(two) == len(one) == 6
+    assert two == pytest.approx(one, rel=1e-4)
+    assert load_artifact(tmp_path / "two" / stage).metrics["steps"] == 6
+
+
+def test_dpo_and_ppo_under_two_processes(micro_sft: Path, micro_rm: Path, tmp_path: Path) -> None:
+    rows = launch(
+        CPU2,
+        "dpo",
+        tmp_path / "dpo",
+        "--model",
+        str(micro_sft),
+        "--data",
+        str(REPO / "data/synthetic/pairs.jsonl"),
+        "--max-steps",
+        "4",
+        *sets(
+            "limit=200",
+            "eval_fraction=0",
+            "train.save_steps=0",
+            "train.logging_steps=1",
+            "train.batch_size=4",
+        ),
+    )
+    assert len(losses(rows)) == 4
+    rows = launch(
+        CPU2,
+        "ppo",
+        tmp_path / "ppo",
+        "--recipe",
+        str(REPO / "recipes/tiny/ppo.yaml"),
+        "--model",
+        str(micro_sft),
+        "--reward-model",
+        str(micro_rm),
+        *sets(
+            "ppo.steps=4",
+            "ppo.rollouts=16",
+            "ppo.mini_batch_size=8",
+            "ppo.micro_batch_size=4",
+            "ppo.max_new_tokens=12",
+            "ppo.save_every=2",
+            "ppo.sample_every=0",
+        ),
+    )
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    metrics = load_artifact(tmp_path / "ppo", expect_stage="ppo").metrics
+    assert metrics["steps"] == 4 and metrics["processes"] == 2
+
+
+def test_ppo_statistics_are_reduced_over_the_processes() -> None:
+    """Advantage whitening, the KL of the adaptive controller and the logged metrics: 2 processes,
+    each holding half of a batch, get the statistics one process holding all of it gets."""
+    command = [*ACCELERATE, str(CPU2), str(REPO / "tests/distributed_statistics.py")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # no .partial or per-process scratch left
-    artifact = load_artifact(output, expect_stage="sft")
-    assert verify(output) == []
-    rows = [json.loads(line) for line in (output / "logs/metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in rows if "loss" in r]
-    assert steps == list(range(1, 13))  # logged once, by the main process
-    losses = [r["loss"] for r in rows if "loss" in r]
-    assert sum(losses[-3:]) < sum(losses[:3])
-    assert artifact.metrics["steps"] == 12
+    assert result.stdout.count("statistics are global") == 2  # both processes checked
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "recipes/accelerate").glob("*.yaml")), ids=lambda p: p.stem)

@@ -90,3 +90,19 @@ def test_generate_command(runner, micro_sft: Path) -> None:
         isinstance(r["response"], str) for r in rows
     )
     assert invoke(runner, "generate", "--model", micro_sft).exit_code == 2
+
+
+def test_loaded_models_run_the_fused_gelu_with_unchanged_logits(micro_base: Path) -> None:
+    """`load_policy` swaps GPT-2's seven-op GELU for torch's fused one: same logits, config untouched."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    source = resolve_model(str(micro_base))
+    fused = load_policy(source).eval()
+    plain = AutoModelForCausalLM.from_pretrained(source.artifact.model_dir).eval()
+    kinds = {type(m) for m in fused.modules()}
+    assert GELUTanh in kinds and NewGELUActivation not in kinds
+    assert NewGELUActivation in {type(m) for m in plain.modules()}
+    assert fused.config.activation_function == "gelu_new"
+    ids = torch.randint(5, fused.config.vocab_size, (4, 20), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fused(ids).logits, plain(ids).logits, atol=1e-5, rtol=0)

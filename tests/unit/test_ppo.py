@@ -198,34 +198,141 @@ def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Pat
     torch.testing.assert_close(ours * mask, sampled * mask, atol=1e-4, rtol=0)
 
 
-def test_lean_rollout_engine_draws_the_tokens_generate_draws(micro_sft: Path) -> None:
-    """Same seed, same left-padded prompts: our decode loop returns generate's tokens exactly, stops when
-    every row has ended, and leaves a LoRA policy's weights as they were (merged only for the rollout)."""
+def _pit_distance(model, queries, responses, eos_token_id, temperature) -> float:
+    """Kolmogorov-Smirnov distance of the randomised probability integral transform of every sampled
+    response token under the model's own conditional distribution from Uniform(0, 1). Tokens drawn from
+    softmax(logits / temperature) give i.i.d. uniforms, whatever the vocabulary order, so the distance
+    shrinks like 1/sqrt(n); any other sampling distribution leaves it bounded away from 0."""
     import torch
-    from peft import get_peft_model
 
+    from align.generation import position_ids
+    from align.stages.ppo.core import truncate_at_eos
+
+    _, mask = truncate_at_eos(responses, [eos_token_id], 0)
+    ids = torch.cat([queries["input_ids"], responses], 1)
+    attention = torch.cat([queries["attention_mask"], torch.ones_like(responses)], 1)
+    q = queries["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention)).logits
+    probs = torch.softmax(logits[:, q - 1 : -1].double() / temperature, dim=-1)
+    below = (probs.cumsum(-1) - probs).gather(-1, responses[..., None]).squeeze(-1)
+    own = probs.gather(-1, responses[..., None]).squeeze(-1)
+    generator = torch.Generator().manual_seed(0)
+    u = (below + torch.rand(own.shape, generator=generator, dtype=own.dtype) * own)[mask.bool()].sort().values
+    n = u.numel()
+    grid = torch.arange(1, n + 1, dtype=u.dtype) / n
+    return float(torch.maximum(grid - u, u - (grid - 1 / n)).max())
+
+
+def _chat_queries(tokenizer, rows: int):
     from align.chat import prompt_text
-    from align.config import LoraSettings
     from align.generation import encode_left_padded
-    from align.models import load_tokenizer, lora_config
+
+    lines = PROMPTS.read_text().splitlines()[:24]
+    prompts = [
+        prompt_text(tokenizer, [{"role": "user", "content": json.loads(line)["prompt"]}]) for line in lines
+    ]
+    queries = encode_left_padded(tokenizer, (prompts * rows)[:rows], "cpu")
+    assert queries["attention_mask"].sum(1).unique().numel() > 1  # the prompts really are padded
+    return queries
+
+
+def _llama_like(vocab_size: int):
+    """A random non-GPT-2 causal LM (rotary positions, RMSNorm): LeanSampler's generic path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # peaked next-token distributions, so a wrong temperature shows
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_lean_rollout_engine_samples_the_model_distribution(micro_sft: Path, architecture: str) -> None:
+    """Our decode loop samples softmax(logits / T) of the policy at every position, as `generate` does
+    (a KS test on the probability integral transform of each token), through the static GPT-2 decoder
+    and through the generic path, and stops when every row has ended."""
+    import torch
+
+    from align.models import load_tokenizer
     from align.stages.ppo.rollout import HFSampler, LeanSampler
 
     source = resolve_model(str(micro_sft))
-    model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
-    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()[:24]]
-    queries = encode_left_padded(
-        tokenizer, [prompt_text(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in rows], "cpu"
-    )
-    assert queries["attention_mask"].sum(1).unique().numel() > 1
-    draws = {}
-    for name, engine in (("generate", HFSampler), ("lean", LeanSampler)):
+    tokenizer = load_tokenizer(source)
+    model = load_policy(source).eval() if architecture == "gpt2" else _llama_like(len(tokenizer))
+    queries = _chat_queries(tokenizer, 384)
+    distance = {}
+    for name, engine, temperature in (
+        ("generate", HFSampler, 0.7),
+        ("lean", LeanSampler, 0.7),
+        ("lean at the wrong temperature", LeanSampler, 1.0),
+    ):
         torch.manual_seed(7)
-        draws[name] = engine(tokenizer, 0.7, 20).sample(
+        responses = engine(tokenizer, temperature, 20).sample(
             model, queries["input_ids"], queries["attention_mask"]
         )
-    assert torch.equal(draws["lean"], draws["generate"])
-    assert (draws["lean"] == tokenizer.eos_token_id).any(1).all()  # every row ended, then the loop stopped
+        distance[name] = _pit_distance(model, queries, responses, tokenizer.eos_token_id, 0.7)
+        if name == "lean":  # the loop runs until the last row's EOS (or the token limit), no longer
+            ended = responses == tokenizer.eos_token_id
+            lengths = torch.where(ended.any(1), ended.int().argmax(1) + 1, 20)
+            assert responses.shape[1] == int(lengths.max())
+    # thousands of tokens each: the 0.1 % critical value of the KS distance is below 0.036
+    assert distance["generate"] < 0.036 and distance["lean"] < 0.036, distance
+    assert distance["lean at the wrong temperature"] > 0.05, distance  # the check can tell a wrong sampler
 
+
+def test_static_decoder_reproduces_the_gpt2_forward(micro_sft: Path) -> None:
+    """Prefill and every decode step of `StaticGPT2` give the logits of the transformers forward on the
+    same left-padded sequence (teacher forcing), to float rounding."""
+    import torch
+
+    from align.generation import encode_left_padded, position_ids
+    from align.models import load_tokenizer
+    from align.static_decode import StaticStepper, supports
+
+    source = resolve_model(str(micro_sft))
+    model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
+    assert supports(model)
+    prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()[:8]]
+    queries = encode_left_padded(tokenizer, prompts, "cpu")
+    continuation = torch.randint(
+        5, model.config.vocab_size, (len(prompts), 6), generator=torch.Generator().manual_seed(0)
+    )
+    ids = torch.cat([queries["input_ids"], continuation], 1)
+    attention = torch.cat([queries["attention_mask"], torch.ones_like(continuation)], 1)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=attention, position_ids=position_ids(attention)).logits
+        stepper = StaticStepper(model, continuation.shape[1])
+        steps = [stepper.start(queries["input_ids"], queries["attention_mask"])]
+        steps += [stepper.step(continuation[:, t]) for t in range(continuation.shape[1] - 1)]
+    q = queries["input_ids"].shape[1]
+    torch.testing.assert_close(torch.stack(steps, 1), expected[:, q - 1 : -1], atol=1e-4, rtol=1e-4)
+
+
+def test_lean_rollout_merges_lora_for_the_rollout_only(micro_sft: Path) -> None:
+    """The rollout samples the adapter policy (LoRA merged into the weights the decoder reads) and leaves
+    its weights as they were."""
+    import torch
+    from peft import get_peft_model
+
+    from align.config import LoraSettings
+    from align.models import load_tokenizer, lora_config
+    from align.stages.ppo.rollout import LeanSampler
+
+    source = resolve_model(str(micro_sft))
+    model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
+    queries = _chat_queries(tokenizer, 384)
     policy = get_peft_model(model, lora_config(LoraSettings(r=4, alpha=8), model))
     for module in policy.modules():  # a trained-looking adapter, so merging changes the weights
         if hasattr(module, "lora_B"):
@@ -235,7 +342,10 @@ def test_lean_rollout_engine_draws_the_tokens_generate_draws(micro_sft: Path) ->
     merge = policy.merge_adapter
     policy.merge_adapter = lambda *a, **k: merges.append(1) or merge(*a, **k)
     torch.manual_seed(7)
-    LeanSampler(tokenizer, 0.7, 20).sample(policy, queries["input_ids"], queries["attention_mask"])
+    responses = LeanSampler(tokenizer, 0.7, 20).sample(
+        policy, queries["input_ids"], queries["attention_mask"]
+    )
     assert merges == [1]  # the rollout really ran on merged weights
+    assert _pit_distance(policy, queries, responses, tokenizer.eos_token_id, 0.7) < 0.036  # the adapter's
     for key, value in policy.state_dict().items():
         torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)

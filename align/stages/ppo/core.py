@@ -6,11 +6,20 @@ response tokens (up to and including the first EOS) and 0.0 after it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 INVALID_LOGPROB = 1.0  # placed on masked positions so a bug that reads them shows up as a huge KL
+
+
+Total = Callable[[torch.Tensor], torch.Tensor]
+
+
+def local_total(value: torch.Tensor) -> torch.Tensor:
+    """One process: its own sum is the total."""
+    return value
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -19,18 +28,30 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    count = mask.sum()
+def masked_var(
+    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total: Total = local_total
+) -> torch.Tensor:
+    return masked_moments(values, mask, unbiased, total)[1]
+
+
+def masked_moments(
+    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total: Total = local_total
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance over the masked entries. `total` sums a tensor over every data-parallel
+    process, so several processes get the statistics of their union, not each their own."""
+    count = total(mask.sum())
+    mean = total((values * mask).sum()) / count.clamp(min=1)
+    variance = total(((values - mean) ** 2 * mask).sum()) / count.clamp(min=1)
     if unbiased and count > 1:
         variance = variance * count / (count - 1)
-    return variance
+    return mean, variance
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total: Total = local_total
+) -> torch.Tensor:
     """Scale to unit variance over the masked entries; advantages are also shifted to mean 0, rewards not."""
-    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    mean, variance = masked_moments(values, mask, total=total)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

@@ -27,11 +27,13 @@ from align.chat import prompt_text
 from align.config import PPOConfig, to_dict
 from align.data import load_data
 from align.data.synthetic import family_of, gold_reward
+from align.distributed import on_accelerator
 from align.errors import DataError
 from align.generation import response_logprobs
-from align.models import load_tokenizer, pick_device, resolve_model, save_policy
+from align.models import load_tokenizer, resolve_model, save_policy
 from align.stages.ppo import core
 from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
+from align.stages.ppo.processes import Processes
 from align.stages.ppo.rollout import HFSampler, LeanSampler, Trajectory, collect
 from align.training import TrainingDiverged
 
@@ -40,7 +42,10 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     settings = config.ppo
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    device = pick_device()
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not on_accelerator())
+    device = accelerator.device
     torch.manual_seed(settings.seed)
     rm_artifact, scorer, reward = build_reward(config, device)
     policy, reference = build_policy(config, source, device)
@@ -48,7 +53,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     critic, layout, rm_reward = build_critic(config, source, tokenizer, scorer, device)
     with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
         loop = PPOLoop(
-            config, policy, reference, critic, rm_reward or reward, tokenizer, prompts, writer, device
+            config, policy, reference, critic, rm_reward or reward, tokenizer, prompts, writer, accelerator
         )
         loop.normalisation = _score_statistics(rm_artifact) if settings.normalize_scores else None
         loop.prompt_info = prompt_info
@@ -80,19 +85,33 @@ class PPOLoop:
         tokenizer: Any,
         prompts: list[str],
         writer: ArtifactWriter,
-        device: torch.device,
+        accelerator: Any,
     ):
         self.config, self.settings = config, config.ppo
         self.policy, self.reference, self.critic, self.reward = policy, reference, critic, reward
-        self.tokenizer, self.prompts, self.writer, self.device = tokenizer, prompts, writer, device
+        self.tokenizer, self.prompts, self.writer = tokenizer, prompts, writer
+        self.accelerator, self.device, self.processes = (
+            accelerator,
+            accelerator.device,
+            Processes(accelerator),
+        )
         s = self.settings
+        self.rollouts = self.processes.share(s.rollouts, "ppo.rollouts")  # this process's share
+        self.mini_batch_size = self.processes.share(s.mini_batch_size, "ppo.mini_batch_size")
         engine = LeanSampler if s.rollout_engine == "lean" else HFSampler
         self.sampler = engine(tokenizer, s.temperature, s.max_new_tokens)
-        fused = {"fused": True} if device.type == "cuda" else {}
-        self.policy_optimizer = torch.optim.AdamW(trainable(policy), lr=s.learning_rate, eps=1e-5, **fused)
-        self.critic_optimizer = torch.optim.AdamW(
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        policy_optimizer = torch.optim.AdamW(trainable(policy), lr=s.learning_rate, eps=1e-5, **fused)
+        critic_optimizer = torch.optim.AdamW(
             trainable(critic), lr=s.critic_learning_rate or s.learning_rate, eps=1e-5, **fused
         )
+        # the update runs through the prepared (under several processes: DDP-wrapped) modules, so
+        # gradients are averaged across processes; rollouts and checkpoints use the modules themselves
+        self.trained_policy, self.trained_critic, self.policy_optimizer, self.critic_optimizer = (
+            accelerator.prepare(policy, critic, policy_optimizer, critic_optimizer)
+        )
+        if self.processes.size > 1:  # DDP has synced the weights; each process now samples its own way
+            torch.manual_seed(s.seed + self.processes.rank)
         self.kl = core.KLController(s.kl_coef, s.target_kl, s.kl_horizon)
         self.generator = torch.Generator().manual_seed(s.seed)
         self.order: list[int] = []
@@ -111,7 +130,7 @@ class PPOLoop:
         board = SummaryWriter(log_dir=str(self.writer.logs_dir))
         from rich.progress import Progress
 
-        with Progress(transient=True) as progress:
+        with Progress(transient=True, disable=not self.processes.is_main) as progress:
             task = progress.add_task("ppo", total=self.settings.steps, completed=self.step)
             while self.step < self.settings.steps:
                 stats = self.iteration()
@@ -149,15 +168,17 @@ class PPOLoop:
             trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, trajectory.mask, self.kl.value
         )
         if s.whiten_rewards:
-            rewards = core.masked_whiten(rewards, trajectory.mask, shift_mean=False)
+            rewards = core.masked_whiten(
+                rewards, trajectory.mask, shift_mean=False, total=self.processes.total
+            )
         # 6. advantages and value targets
         advantages, returns = core.gae(rewards, trajectory.values, trajectory.mask, s.gamma, s.lam)
-        advantages = core.masked_whiten(advantages, trajectory.mask)
+        advantages = core.masked_whiten(advantages, trajectory.mask, total=self.processes.total)
         # 7. PPO epochs
         update_start = time.perf_counter()
         update = self.update(trajectory, advantages, returns)
         update_seconds = time.perf_counter() - update_start
-        sequence_kl = kl.sum(1).mean().item()
+        sequence_kl = (self.processes.total(kl.sum()) / s.rollouts).item()
         if s.kl_ceiling is not None and sequence_kl > s.kl_ceiling:
             raise TrainingDiverged(
                 f"KL to the reference {sequence_kl:.2f} passed ppo.kl_ceiling={s.kl_ceiling} at "
@@ -165,7 +186,8 @@ class PPOLoop:
             )
         beta = self.kl.value
         self.kl.update(sequence_kl, s.rollouts)
-        return self._stats(trajectory, kl, returns, update, beta, rollout_seconds, update_seconds)
+        stats = self._stats(trajectory, kl, returns, update, beta, rollout_seconds, update_seconds)
+        return self.processes.mean(stats)
 
     def update(
         self, trajectory: Trajectory, advantages: torch.Tensor, returns: torch.Tensor
@@ -176,18 +198,19 @@ class PPOLoop:
         self.critic.train()
         records: list[dict[str, float]] = []
         for _epoch in range(s.ppo_epochs):
-            order = torch.randperm(s.rollouts, generator=self.generator)
+            order = torch.randperm(self.rollouts, generator=self.generator)
             epoch_kls = []
-            for start in range(0, s.rollouts, s.mini_batch_size):
-                minibatch = order[start : start + s.mini_batch_size]
+            for start in range(0, self.rollouts, self.mini_batch_size):
+                minibatch = order[start : start + self.mini_batch_size]
                 record = self._minibatch(trajectory, advantages, returns, minibatch, train_policy)
                 records.append(record)
                 epoch_kls.append(record["approxkl"])
-            if s.stop_kl is not None and statistics.fmean(epoch_kls) > s.stop_kl:
+            epoch_kl = self.processes.mean({"approxkl": statistics.fmean(epoch_kls)})["approxkl"]
+            if s.stop_kl is not None and epoch_kl > s.stop_kl:
                 break
         summary = {key: statistics.fmean(r[key] for r in records) for key in records[0]}
         summary.update({f"first_{k}": records[0][k] for k in ("ratio", "approxkl", "clipfrac")})
-        summary["epochs_run"] = len(records) * s.mini_batch_size / s.rollouts
+        summary["epochs_run"] = len(records) * self.mini_batch_size / self.rollouts
         return summary
 
     def _minibatch(
@@ -203,10 +226,16 @@ class PPOLoop:
         totals: dict[str, float] = {}
         for start in range(0, len(minibatch), s.micro_batch_size):
             idx = minibatch[start : start + s.micro_batch_size]
-            logprobs, _ = response_logprobs(
-                self.policy, trajectory.query_responses[idx], trajectory.attention_mask[idx], q, s.temperature
-            )
-            values = self.critic(trajectory.query_responses[idx], trajectory.attention_mask[idx])[
+            # while the critic warms up the policy takes no gradient (and DDP sees no unused forward)
+            with torch.set_grad_enabled(train_policy):
+                logprobs, _ = response_logprobs(
+                    self.trained_policy if train_policy else self.policy,
+                    trajectory.query_responses[idx],
+                    trajectory.attention_mask[idx],
+                    q,
+                    s.temperature,
+                )
+            values = self.trained_critic(trajectory.query_responses[idx], trajectory.attention_mask[idx])[
                 :, q - 1 : -1
             ].float()
             stats = core.ppo_losses(
@@ -226,7 +255,7 @@ class PPOLoop:
                     f"PPO loss is {loss.item()} at step {self.step + 1}; the last checkpoint is "
                     "kept (lower ppo.learning_rate and rerun with --resume)"
                 )
-            (loss * len(idx) / len(minibatch)).backward()
+            self.accelerator.backward(loss * len(idx) / len(minibatch))
             share = len(idx) / len(minibatch)
             for key, value in (
                 ("policy_loss", stats.policy_loss),
@@ -261,7 +290,8 @@ class PPOLoop:
         while len(self.order) < self.settings.rollouts:
             self.order += torch.randperm(len(self.prompts), generator=self.generator).tolist()
         batch, self.order = self.order[: self.settings.rollouts], self.order[self.settings.rollouts :]
-        return [self.prompts[i] for i in batch]
+        # every process draws the same global batch and keeps its own slice of it
+        return [self.prompts[i] for i in batch[self.processes.rank :: self.processes.size]]
 
     def _stats(
         self,
@@ -285,6 +315,7 @@ class PPOLoop:
             "response_length": lengths.mean().item(),
             "eos_rate": t.ended.float().mean().item(),
             "seconds_rollout": rollout_seconds,
+            **{f"seconds_{part}": seconds for part, seconds in t.seconds.items()},
             "seconds_update": update_seconds,
             "tokens_per_second": lengths.sum().item() / max(rollout_seconds + update_seconds, 1e-9),
             **update,
@@ -301,6 +332,8 @@ class PPOLoop:
     def _log(self, stats: dict[str, Any], board: Any) -> None:
         record = {"step": self.step, **stats}
         self.history.append({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        if not self.processes.is_main:
+            return
         with open(self.writer.logs_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.step % self.settings.log_every == 0:
@@ -328,6 +361,7 @@ class PPOLoop:
                 summary[f"final_{key}"] = statistics.fmean(r[key] for r in window)
         if "gold" in self.history[0]:
             summary["first_gold"] = self.history[0]["gold"]
+        summary["processes"] = self.processes.size
         summary["seconds_rollout"] = sum(r["seconds_rollout"] for r in self.history)
         summary["seconds_update"] = sum(r["seconds_update"] for r in self.history)
         return summary
@@ -336,8 +370,18 @@ class PPOLoop:
         """Everything needed to continue bit-for-bit: weights, optimisers, KL state, RNG, prompt order."""
         root = self.writer.checkpoints_dir
         final, tmp = root / f"step-{self.step}", root / f".step-{self.step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        processes = self.processes
+        if processes.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        processes.wait()
+        torch.save({"rng": torch.get_rng_state()}, tmp / f"rng-{processes.rank}.pt")  # each process its own
+        processes.wait()
+        if processes.is_main:
+            self._write_checkpoint(tmp, final)
+        processes.wait()
+
+    def _write_checkpoint(self, tmp: Path, final: Path) -> None:
         for name, model in (("policy", self.policy), ("critic", self.critic)):
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in model.named_parameters() if v.requires_grad},
@@ -347,7 +391,6 @@ class PPOLoop:
             {
                 "policy": self.policy_optimizer.state_dict(),
                 "critic": self.critic_optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
                 "generator": self.generator.get_state(),
                 "order": torch.tensor(self.order, dtype=torch.long),
             },
@@ -357,7 +400,7 @@ class PPOLoop:
             json.dumps({"step": self.step, "kl": self.kl.state_dict(), "history": self.history})
         )
         tmp.rename(final)
-        for old in _checkpoints(root)[:-2]:
+        for old in _checkpoints(final.parent)[:-2]:
             shutil.rmtree(old)
 
     def _load_checkpoint(self) -> None:
@@ -370,14 +413,21 @@ class PPOLoop:
         state = torch.load(latest / "state.pt", weights_only=True)
         self.policy_optimizer.load_state_dict(state["policy"])
         self.critic_optimizer.load_state_dict(state["critic"])
-        torch.set_rng_state(state["rng"])
+        rng = latest / f"rng-{self.processes.rank}.pt"
+        if not rng.exists():
+            raise DataError(
+                f"{latest}: no random state for process {self.processes.rank}; resume with as many processes as wrote it"
+            )
+        torch.set_rng_state(torch.load(rng, weights_only=True)["rng"])
         self.generator.set_state(state["generator"])
         self.order = state["order"].tolist()
         progress = json.loads((latest / "progress.json").read_text())
         self.step, self.history = progress["step"], progress["history"]
         self.kl.load_state_dict(progress["kl"])
         log = self.writer.logs_dir / "metrics.jsonl"
-        if log.exists():  # steps logged after this checkpoint are about to be run again
+        if (
+            log.exists() and self.processes.is_main
+        ):  # steps logged after this checkpoint are about to be run again
             kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             log.write_text("".join(line + "\n" for line in kept))
 

@@ -1,0 +1,90 @@
+"""What every benchmark shares: the `--device` flag, the machine line, random models of named sizes,
+and the one JSON line each prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# GPT-2 shapes: the offline default's micro and tiny models, and the published sizes (random weights:
+# throughput and memory do not depend on the values, and no machine here reaches the hub).
+SIZES = {
+    "micro": {"n_layer": 4, "n_embd": 128, "n_head": 4, "vocab_size": 1024, "n_positions": 256},
+    "tiny": {"n_layer": 4, "n_embd": 192, "n_head": 4, "vocab_size": 1024, "n_positions": 256},
+    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
+    "gpt2-medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16, "vocab_size": 50257, "n_positions": 1024},
+}
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device on this machine")
+    return torch.device(args.device)
+
+
+def subprocess_env(device: torch.device) -> dict[str, str]:
+    """Environment for a stage run in a subprocess: `--device cpu` hides any GPU from it."""
+    env = dict(os.environ)
+    if device.type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"{platform.machine()} {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
+
+
+def gpt2_config(size: str, **overrides: Any) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        **SIZES[size],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        **overrides,
+    )
+
+
+def random_gpt2(size: str) -> Any:
+    """The model exactly as transformers builds it: the plain-HF baselines run on it unchanged."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(gpt2_config(size)).eval()
+
+
+def random_model_dir(size: str, root: Path) -> Path:
+    """A local HF model directory (random GPT-2 of `size`, a small BPE tokenizer) that `--model` accepts."""
+    from align.config import TokenizerSettings
+    from align.stages.pretrain import train_tokenizer
+
+    directory = root / size
+    rows = [json.loads(line) for line in Path("data/synthetic/sft.jsonl").read_text().splitlines()[:2000]]
+    texts = [row["prompt"] + " " + row["completion"] for row in rows]
+    tokenizer = train_tokenizer(texts, TokenizerSettings(vocab_size=1024))
+    model = random_gpt2(size)
+    model.config.eos_token_id = model.config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)

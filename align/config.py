@@ -288,6 +288,8 @@ class PPOSettings:
     vf_coef: float = 0.1
     max_grad_norm: float = 1.0
     stop_kl: float | None = None  # end an update's epochs early when approx-KL passes this
+    ptx_coef: float = 0.0  # PPO-ptx (InstructGPT): weight of the LM loss on ptx_data rows in each update
+    ptx_batch_size: int = 8  # ptx_data rows per minibatch
     seed: int = 0
     log_every: int = 1
     sample_every: int = 10  # log a few generations every N iterations
@@ -316,6 +318,9 @@ class PPOSettings:
         _require(self.target_kl is None or self.target_kl > 0, "ppo.target_kl must be > 0")
         _require(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "ppo.gamma and ppo.lam must be in [0, 1]")
         _require(self.clip_range > 0 and self.clip_range_value > 0, "ppo clip ranges must be > 0")
+        _require(
+            self.ptx_coef >= 0 and self.ptx_batch_size >= 1, "ppo.ptx_coef must be >= 0, ptx_batch_size >= 1"
+        )
 
 
 @dataclass
@@ -326,6 +331,7 @@ class PPOConfig:
     reward_model: str | None = None  # RM artifact
     reward: str | None = None  # or a Python reward `module:function`
     prompts: str = ""  # prompts file (or a pairs/sft file: its prompts)
+    ptx_data: str | None = None  # SFT data (demonstrations) whose LM loss PPO-ptx mixes in
     output: str = ""
     limit: int | None = None
     critic: str = "auto"  # rm_lora (LoRA + value head on the RM trunk), rm_copy, policy_copy; auto picks
@@ -345,6 +351,7 @@ class PPOConfig:
             self.reward_model is not None or self.critic in ("auto", "policy_copy"),
             f"critic '{self.critic}' needs --reward-model",
         )
+        _require(self.ppo.ptx_coef == 0 or bool(self.ptx_data), "ppo.ptx_coef > 0 needs ptx_data (SFT data)")
         if self.lora.enabled:
             self.lora.validate()
         self.critic_lora.validate()

@@ -170,6 +170,16 @@ def ppo_losses(
     )
 
 
+def language_model_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions `loss_mask` marks (PPO-ptx's term: the
+    demonstrations' completions). logits [B, L, V], input_ids and loss_mask [B, L]."""
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return -masked_mean(token_logprobs, loss_mask[:, 1:].float())
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     variance = masked_var(returns, mask)
     return float(1.0 - masked_var(returns - values, mask) / variance) if variance > 0 else float("nan")

@@ -35,6 +35,7 @@ from align.stages.ppo import core
 from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
 from align.stages.ppo.processes import Processes
 from align.stages.ppo.rollout import HFSampler, LeanSampler, Trajectory, collect
+from align.tokenize import tokenize_sft
 from align.training import TrainingDiverged
 
 
@@ -57,6 +58,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         )
         loop.normalisation = _score_statistics(rm_artifact) if settings.normalize_scores else None
         loop.prompt_info = prompt_info
+        loop.ptx_rows, ptx_info = _ptx_rows(config, tokenizer, _context_length(policy.config))
         summary = loop.train(resume)
         summary.update(
             {
@@ -71,6 +73,8 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         if rm_artifact is not None:
             writer.add_parent(rm_artifact)
         writer.extra["reward"] = config.reward or {"stage": "rm"}
+        if ptx_info:
+            writer.extra["ptx_data"] = ptx_info
         return writer.commit()
 
 
@@ -115,6 +119,8 @@ class PPOLoop:
         self.kl = core.KLController(s.kl_coef, s.target_kl, s.kl_horizon)
         self.generator = torch.Generator().manual_seed(s.seed)
         self.order: list[int] = []
+        self.ptx_rows: list[dict[str, list[int]]] = []  # tokenized demonstrations for PPO-ptx
+        self.ptx_order: list[int] = []
         self.step = 0
         self.normalisation: tuple[float, float] | None = None
         self.synthetic = all(family_of(p) != "unknown" for p in prompts[:200])
@@ -256,6 +262,7 @@ class PPOLoop:
                     "kept (lower ppo.learning_rate and rerun with --resume)"
                 )
             self.accelerator.backward(loss * len(idx) / len(minibatch))
+
             share = len(idx) / len(minibatch)
             for key, value in (
                 ("policy_loss", stats.policy_loss),
@@ -266,6 +273,10 @@ class PPOLoop:
                 ("ratio", stats.ratio),
             ):
                 totals[key] = totals.get(key, 0.0) + value.item() * share
+        if train_policy and self.ptx_rows:
+            ptx_loss = self._ptx_loss()
+            self.accelerator.backward(s.ptx_coef * ptx_loss)
+            totals["ptx_loss"] = ptx_loss.item()
         for optimizer, model, active in (
             (self.policy_optimizer, self.policy, train_policy),
             (self.critic_optimizer, self.critic, True),
@@ -275,6 +286,28 @@ class PPOLoop:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return totals
+
+    def _ptx_loss(self) -> torch.Tensor:
+        """PPO-ptx (Ouyang et al. 2022): the policy's LM loss on the completions of the next demonstrations,
+        so optimising the reward does not erode what SFT taught. Each process takes its own rows."""
+        per_process, processes = self.settings.ptx_batch_size, self.processes
+        wanted = per_process * processes.size
+        while len(self.ptx_order) < wanted:
+            self.ptx_order += torch.randperm(len(self.ptx_rows), generator=self.generator).tolist()
+        batch, self.ptx_order = self.ptx_order[:wanted], self.ptx_order[wanted:]
+        rows = [self.ptx_rows[i] for i in batch[processes.rank :: processes.size]]
+        width = max(len(row["input_ids"]) for row in rows)
+
+        def padded(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], device=self.device)
+
+        ids = padded("input_ids", self.tokenizer.pad_token_id)
+        attention = torch.tensor(
+            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows],
+            device=self.device,
+        )
+        logits = self.trained_policy(input_ids=ids, attention_mask=attention).logits
+        return core.language_model_loss(logits, ids, padded("completion_mask", 0))
 
     def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores = self.reward(prompts, responses)
@@ -393,6 +426,7 @@ class PPOLoop:
                 "critic": self.critic_optimizer.state_dict(),
                 "generator": self.generator.get_state(),
                 "order": torch.tensor(self.order, dtype=torch.long),
+                "ptx_order": torch.tensor(self.ptx_order, dtype=torch.long),
             },
             tmp / "state.pt",
         )
@@ -420,7 +454,7 @@ class PPOLoop:
             )
         torch.set_rng_state(torch.load(rng, weights_only=True)["rng"])
         self.generator.set_state(state["generator"])
-        self.order = state["order"].tolist()
+        self.order, self.ptx_order = state["order"].tolist(), state["ptx_order"].tolist()
         progress = json.loads((latest / "progress.json").read_text())
         self.step, self.history = progress["step"], progress["history"]
         self.kl.load_state_dict(progress["kl"])
@@ -447,6 +481,16 @@ def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list
             f"{config.prompts}: {len(texts)} usable prompts, fewer than ppo.rollouts={config.ppo.rollouts}"
         )
     return texts, data.info()
+
+
+def _ptx_rows(
+    config: PPOConfig, tokenizer: Any, context: int
+) -> tuple[list[dict[str, list[int]]], dict | None]:
+    """PPO-ptx's demonstrations, chat-formatted with completion masks (none when ptx is off)."""
+    if not config.ppo.ptx_coef:
+        return [], None
+    data = load_data(config.ptx_data, "sft", config.limit)
+    return tokenize_sft(data, tokenizer, context), data.info()
 
 
 def _context_length(model_config: Any) -> int:

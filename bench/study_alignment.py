@@ -3,7 +3,7 @@
     python bench/study_alignment.py [--runs runs/tiny] [--seeds 0 1 2] [--out results/alignment.json]
 
 Needs runs/tiny/sft and runs/tiny/rm (`make demo` makes them). Per seed it trains, from the same SFT
-policy: PPO against the RM, PPO against the gold reward function (the proxy gap), DPO on the pairs, the
+policy: PPO against the RM, PPO against the gold reward function (the proxy gap), the same run 2x longer at beta 0.02, DPO on the pairs, the
 control "SFT on the chosen answers" for as many steps as DPO (so DPO's own contribution shows), GRPO and
 RLOO against the gold reward, and iterative DPO judged by the gold reward. Then a PPO sweep of the KL coefficient (over-optimisation: RM score and
 gold against KL). Every policy is evaluated on the 1,200 held-out prompts: gold sampled at T=0.7 and
@@ -81,6 +81,24 @@ def methods(runs: Path, seed: int) -> dict[str, list[str]]:
             GOLD,
             "--set",
             "reward_model=null",
+            "--seed",
+            s,
+        ],
+        # reward-function PPO run longer with a looser KL leash: how far the policy itself can go
+        "ppo_gold_long": [
+            "ppo",
+            "--recipe",
+            "recipes/tiny/ppo.yaml",
+            "--model",
+            sft,
+            "--reward",
+            GOLD,
+            "--set",
+            "reward_model=null",
+            "--kl-coef",
+            "0.02",
+            "--steps",
+            "300",
             "--seed",
             s,
         ],

@@ -48,6 +48,18 @@ class Sampler(Protocol):
         ...
 
 
+class Stepper(Protocol):
+    """One rollout's decoding state: the prompts' prefill, then one token per row at a time."""
+
+    def start(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] of the first response token."""
+        ...
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] after appending `token` [B]."""
+        ...
+
+
 @dataclass
 class HFSampler:
     tokenizer: Any
@@ -91,7 +103,7 @@ class LeanSampler:
             stepper = StaticStepper(model, self.max_new_tokens) if supports(model) else _ModelStepper(model)
             return self._decode(stepper, queries, query_mask)
 
-    def _decode(self, stepper: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def _decode(self, stepper: Stepper, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         logits = stepper.start(queries, query_mask)
         finished = torch.zeros(queries.shape[0], dtype=torch.bool, device=queries.device)

@@ -262,7 +262,6 @@ class PPOLoop:
                     "kept (lower ppo.learning_rate and rerun with --resume)"
                 )
             self.accelerator.backward(loss * len(idx) / len(minibatch))
-
             share = len(idx) / len(minibatch)
             for key, value in (
                 ("policy_loss", stats.policy_loss),
@@ -296,16 +295,14 @@ class PPOLoop:
             self.ptx_order += torch.randperm(len(self.ptx_rows), generator=self.generator).tolist()
         batch, self.ptx_order = self.ptx_order[:wanted], self.ptx_order[wanted:]
         rows = [self.ptx_rows[i] for i in batch[processes.rank :: processes.size]]
-        width = max(len(row["input_ids"]) for row in rows)
+        lengths = torch.tensor([len(row["input_ids"]) for row in rows], device=self.device)
+        width = int(lengths.max())
 
         def padded(key: str, value: int) -> torch.Tensor:
             return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], device=self.device)
 
         ids = padded("input_ids", self.tokenizer.pad_token_id)
-        attention = torch.tensor(
-            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows],
-            device=self.device,
-        )
+        attention = (torch.arange(width, device=self.device) < lengths[:, None]).long()
         logits = self.trained_policy(input_ids=ids, attention_mask=attention).logits
         return core.language_model_loss(logits, ids, padded("completion_mask", 0))
 

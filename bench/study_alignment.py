@@ -59,6 +59,8 @@ def evaluate(policy: Path, rm: Path, reference: Path) -> dict:
 
 def methods(runs: Path, seed: int) -> dict[str, list[str]]:
     rm, sft, s = str(runs / "rm"), str(runs / "sft"), str(seed)
+    ppo_gold = ["ppo", "--recipe", "recipes/tiny/ppo.yaml", "--model", sft, "--reward", GOLD]
+    ppo_gold += ["--set", "reward_model=null", "--seed", s]
     return {
         "ppo_rm": [
             "ppo",
@@ -71,37 +73,9 @@ def methods(runs: Path, seed: int) -> dict[str, list[str]]:
             "--seed",
             s,
         ],
-        "ppo_gold": [
-            "ppo",
-            "--recipe",
-            "recipes/tiny/ppo.yaml",
-            "--model",
-            sft,
-            "--reward",
-            GOLD,
-            "--set",
-            "reward_model=null",
-            "--seed",
-            s,
-        ],
+        "ppo_gold": ppo_gold,
         # reward-function PPO run longer with a looser KL leash: how far the policy itself can go
-        "ppo_gold_long": [
-            "ppo",
-            "--recipe",
-            "recipes/tiny/ppo.yaml",
-            "--model",
-            sft,
-            "--reward",
-            GOLD,
-            "--set",
-            "reward_model=null",
-            "--kl-coef",
-            "0.02",
-            "--steps",
-            "300",
-            "--seed",
-            s,
-        ],
+        "ppo_gold_long": [*ppo_gold, "--kl-coef", "0.02", "--steps", "300"],
         "dpo": ["dpo", "--recipe", "recipes/tiny/dpo.yaml", "--model", sft, "--seed", s],
         "sft_chosen": ["sft", "--recipe", "recipes/tiny/sft_chosen.yaml", "--model", sft, "--seed", s],
         "dpo_online_gold": ["dpo", "--recipe", "recipes/tiny/dpo_online.yaml", "--model", sft, "--seed", s],

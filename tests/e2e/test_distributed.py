@@ -84,6 +84,27 @@ def test_two_processes_match_one_process_with_the_global_batch(
     assert load_artifact(tmp_path / "two" / stage).metrics["steps"] == 6
 
 
+def micro_ppo_args(micro_sft: Path, micro_rm: Path, steps: int) -> list[str]:
+    """The tiny PPO recipe shrunk to micro size: 16 rollouts (8 per process), a checkpoint every 2 steps."""
+    return [
+        "--recipe",
+        str(REPO / "recipes/tiny/ppo.yaml"),
+        "--model",
+        str(micro_sft),
+        "--reward-model",
+        str(micro_rm),
+        *sets(
+            f"ppo.steps={steps}",
+            "ppo.rollouts=16",
+            "ppo.mini_batch_size=8",
+            "ppo.micro_batch_size=4",
+            "ppo.max_new_tokens=12",
+            "ppo.save_every=2",
+            "ppo.sample_every=0",
+        ),
+    ]
+
+
 def test_dpo_and_ppo_under_two_processes(micro_sft: Path, micro_rm: Path, tmp_path: Path) -> None:
     rows = launch(
         CPU2,
@@ -104,26 +125,7 @@ def test_dpo_and_ppo_under_two_processes(micro_sft: Path, micro_rm: Path, tmp_pa
         ),
     )
     assert len(losses(rows)) == 4
-    rows = launch(
-        CPU2,
-        "ppo",
-        tmp_path / "ppo",
-        "--recipe",
-        str(REPO / "recipes/tiny/ppo.yaml"),
-        "--model",
-        str(micro_sft),
-        "--reward-model",
-        str(micro_rm),
-        *sets(
-            "ppo.steps=4",
-            "ppo.rollouts=16",
-            "ppo.mini_batch_size=8",
-            "ppo.micro_batch_size=4",
-            "ppo.max_new_tokens=12",
-            "ppo.save_every=2",
-            "ppo.sample_every=0",
-        ),
-    )
+    rows = launch(CPU2, "ppo", tmp_path / "ppo", *micro_ppo_args(micro_sft, micro_rm, steps=4))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     metrics = load_artifact(tmp_path / "ppo", expect_stage="ppo").metrics
     assert metrics["steps"] == 4 and metrics["processes"] == 2
@@ -140,21 +142,7 @@ def test_two_process_ppo_resumes_after_sigkill_like_an_uninterrupted_run(
         "-m",
         "align.cli",
         "ppo",
-        "--recipe",
-        str(REPO / "recipes/tiny/ppo.yaml"),
-        "--model",
-        str(micro_sft),
-        "--reward-model",
-        str(micro_rm),
-        *sets(
-            "ppo.steps=6",
-            "ppo.rollouts=16",
-            "ppo.mini_batch_size=8",
-            "ppo.micro_batch_size=4",
-            "ppo.max_new_tokens=12",
-            "ppo.save_every=2",
-            "ppo.sample_every=0",
-        ),
+        *micro_ppo_args(micro_sft, micro_rm, steps=6),
     ]
     subprocess.run(
         [*command, "--output", str(tmp_path / "straight")], check=True, capture_output=True, cwd=REPO

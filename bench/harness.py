@@ -73,7 +73,7 @@ def random_gpt2(size: str) -> Any:
 def random_model_dir(size: str, root: Path) -> Path:
     """A local HF model directory (random GPT-2 of `size`, a small BPE tokenizer) that `--model` accepts."""
     from align.config import TokenizerSettings
-    from align.stages.pretrain import train_tokenizer
+    from align.tokenizer import train_tokenizer
 
     directory = root / size
     rows = [json.loads(line) for line in Path("data/synthetic/sft.jsonl").read_text().splitlines()[:2000]]

@@ -15,19 +15,16 @@ from typing import Any
 
 import datasets
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from align import training
 from align.artifacts import Artifact, ArtifactWriter
-from align.chat import DEFAULT_CHAT_TEMPLATE, ROLE_TOKENS
-from align.config import PretrainConfig, TokenizerSettings, to_dict
+from align.config import PretrainConfig, to_dict
 from align.data import load_data
 from align.models import fuse_activations
-
-EOS, PAD = "<|endoftext|>", "<|pad|>"
+from align.tokenizer import train_tokenizer
 
 
 def run(config: PretrainConfig, resume: bool = False) -> Artifact:
@@ -68,32 +65,6 @@ def run(config: PretrainConfig, resume: bool = False) -> Artifact:
         writer.metrics = summary
         writer.extra["model_format"] = "full"
         return writer.commit()
-
-
-def train_tokenizer(texts: list[str], settings: TokenizerSettings) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with digits split one by one (numbers stay learnable) and our chat template."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=settings.vocab_size,
-        min_frequency=settings.min_frequency,
-        special_tokens=[EOS, PAD, *ROLE_TOKENS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=EOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        additional_special_tokens=list(ROLE_TOKENS),
-    )
-    fast.chat_template = DEFAULT_CHAT_TEMPLATE
-    return fast
 
 
 def _gpt2_config(config: PretrainConfig, tokenizer: Any) -> GPT2Config:

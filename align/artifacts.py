@@ -29,16 +29,8 @@ from align.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
-OLD_SUFFIX = ".old"
-POLICY_STAGES = (
-    "pretrain",
-    "sft",
-    "ppo",
-    "dpo",
-    "grpo",
-    "rloo",
-    "export",
-)  # artifacts that hold a policy  # the previous artifact, for the instant of the swap
+OLD_SUFFIX = ".old"  # the previous artifact, for the instant of the swap
+POLICY_STAGES = ("pretrain", "sft", "ppo", "dpo", "grpo", "rloo", "export")  # artifacts that hold a policy
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,20 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return torch.device(args.device)
 
 
-def subprocess_env(device: torch.device) -> dict[str, str]:
-    """Environment for a stage run in a subprocess: `--device cpu` hides any GPU from it."""
+def run_stage(device: torch.device, stage: str, output: Path, *args: str) -> list[dict[str, Any]]:
+    """`align STAGE ... --output OUTPUT` in a quiet subprocess (`--device cpu` hides any GPU from it);
+    the rows it logged to logs/metrics.jsonl."""
     env = dict(os.environ)
     if device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
+    subprocess.run(
+        [sys.executable, "-m", "align.cli", stage, *args, "--output", str(output)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    return [json.loads(line) for line in (output / "logs/metrics.jsonl").read_text().splitlines()]
 
 
 def machine(device: torch.device) -> str:

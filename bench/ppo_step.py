@@ -12,47 +12,31 @@ engine is the same in both runs. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from harness import add_device, device_of, emit, machine, subprocess_env
+from harness import add_device, device_of, emit, machine, run_stage
 
 PARTS = ("seconds_generation", "seconds_forward", "seconds_reward", "seconds_update", "response_length")
 
 
 def timed_run(runs: Path, engine: str, steps: int, out: Path, device: torch.device) -> dict[str, float]:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "align.cli",
-            "ppo",
+    rows = run_stage(
+        device,
+        "ppo",
+        out,
+        *(
             "--recipe",
             "recipes/tiny/ppo.yaml",
             "--model",
             str(runs / "sft"),
             "--reward-model",
             str(runs / "rm"),
-            "--steps",
-            str(steps),
-            "--output",
-            str(out),
-            "--set",
-            f"ppo.rollout_engine={engine}",
-            "--set",
-            "ppo.save_every=0",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=subprocess_env(device),
-    )
-    rows = [json.loads(line) for line in (out / "logs/metrics.jsonl").read_text().splitlines()][1:]
+        ),
+        *("--steps", str(steps), "--set", f"ppo.rollout_engine={engine}", "--set", "ppo.save_every=0"),
+    )[1:]
     for row in rows:
         row["seconds_step"] = row["seconds_rollout"] + row["seconds_update"]
     return {key: round(statistics.median(r[key] for r in rows), 3) for key in (*PARTS, "seconds_step")}

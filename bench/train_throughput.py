@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from harness import (
     emit,
     machine,
     random_model_dir,
-    subprocess_env,
+    run_stage,
 )
 
 
@@ -39,36 +37,14 @@ def run(
     args: argparse.Namespace, model: str, packing: bool, output: Path, device: torch.device
 ) -> dict[str, float]:
     overrides = [item for pair in args.set for item in ("--set", pair)]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "align.cli",
-            "sft",
-            "--recipe",
-            "recipes/tiny/sft.yaml",
-            "--model",
-            model,
-            "--output",
-            str(output),
-            "--max-steps",
-            str(args.steps),
-            "--set",
-            f"packing={str(packing).lower()}",
-            "--set",
-            "train.save_steps=0",
-            "--set",
-            "eval_fraction=0",
-            "--set",
-            "train.logging_steps=1",
-            *overrides,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=subprocess_env(device),
+    rows = run_stage(
+        device,
+        "sft",
+        output,
+        *("--recipe", "recipes/tiny/sft.yaml", "--model", model, "--max-steps", str(args.steps)),
+        *("--set", f"packing={str(packing).lower()}", "--set", "train.save_steps=0"),
+        *("--set", "eval_fraction=0", "--set", "train.logging_steps=1", *overrides),
     )
-    rows = [json.loads(line) for line in (output / "logs/metrics.jsonl").read_text().splitlines()]
     final = next(r for r in rows if "train_runtime" in r)
     tokens = max(r["num_tokens"] for r in rows if "num_tokens" in r)
     return {

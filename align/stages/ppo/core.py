@@ -28,10 +28,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(
-    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total: Total = local_total
-) -> torch.Tensor:
-    return masked_moments(values, mask, unbiased, total)[1]
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    return masked_moments(values, mask, unbiased)[1]
 
 
 def masked_moments(

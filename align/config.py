@@ -270,6 +270,7 @@ class PPOSettings:
     max_new_tokens: int = 32
     temperature: float = 0.7  # sampling temperature; log-probs use the same
     rollout_engine: str = "lean"  # lean (our decode loop, LoRA merged) or generate (transformers)
+    packing: bool = True  # score and update on packed rows (padding dropped); false: padded batches
     learning_rate: float = 1e-5
     critic_learning_rate: float | None = None  # None: same as learning_rate
     critic_warmup_steps: int = 0  # iterations that train the critic only

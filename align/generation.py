@@ -6,7 +6,6 @@ the model produced one, so reward functions can tell a finished answer from a cu
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from transformers import GenerationConfig
 
 from align.chat import prompt_text
+from align.packing import Layout, PackedLayout
 
 
 @dataclass
@@ -100,38 +100,13 @@ def sample_texts(
     ]
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def response_logprobs(
-    model: Any,
-    query_responses: torch.Tensor,
-    attention_mask: torch.Tensor,
-    query_length: int,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each response token and the entropy at each response position.  -> [B, T], [B, T]
-    Only the T positions that predict response tokens go through the LM head (`logits_to_keep`), where
-    the model supports it: the prompt's logits are never used."""
-    keep = query_responses.shape[1] - query_length + 1
-    logits = model(
-        input_ids=query_responses,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        **({"logits_to_keep": keep} if _keeps_logits(model) else {}),
-    ).logits
-    logits = logits[:, -keep:-1].float() / temperature
-    all_logprobs = torch.log_softmax(logits, dim=-1)
-    responses = query_responses[:, query_length:]
-    logprobs = all_logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+def response_logprobs(model: Any, batch: Layout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each response token and the entropy at each response position, from fp32 logits at
+    the sampling temperature.  -> [B, T], [B, T]"""
+    all_logprobs = torch.log_softmax(batch.logits(model).float() / temperature, dim=-1)
+    logprobs = all_logprobs.gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
     entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
     return logprobs, entropy
-
-
-def _keeps_logits(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 @torch.no_grad()
@@ -159,9 +134,9 @@ def sequence_kl(
             mask[i, : len(row)] = 1.0
         query_responses = torch.cat([queries["input_ids"], ids], dim=1)
         attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
-        q = queries["input_ids"].shape[1]
-        logprobs, _ = response_logprobs(policy, query_responses, attention, q, temperature)
-        ref_logprobs, _ = response_logprobs(reference, query_responses, attention, q, temperature)
+        batch = PackedLayout(query_responses, attention, queries["input_ids"].shape[1])
+        logprobs, _ = response_logprobs(policy, batch, temperature)
+        ref_logprobs, _ = response_logprobs(reference, batch, temperature)
         kls.extend(((logprobs - ref_logprobs) * mask).sum(1).tolist())
     return kls
 

@@ -1,12 +1,12 @@
-"""One PPO step of the tiny recipe (rollout + reward + update), timed part by part: our rollout engine
-against plain `generate`, in the same run.
+"""One PPO step of the tiny recipe (rollout + reward + update), timed part by part: our rollout engine and
+packed rows against plain `generate` and padded batches, in the same run.
 
     python bench/ppo_step.py [--device cpu|cuda] [--runs runs/tiny] [--steps 12]
 
 Needs runs/tiny/sft and runs/tiny/rm (`make demo`). Runs `align ppo` with the tiny recipe for a few steps
-with each rollout engine (same seed) and reports the median seconds per step of generation, the
-policy/reference/critic forwards, the reward, the update and the whole step. Everything but the
-engine is the same in both runs. Prints one JSON line.
+each way (same seed) and reports the median seconds per step of generation, the policy/reference/critic
+forwards, the reward, the update and the whole step. Everything but the rollout engine and the batch
+layout (`ppo.packing`) is the same in both runs. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ from harness import add_device, device_of, emit, machine, run_stage
 PARTS = ("seconds_generation", "seconds_forward", "seconds_reward", "seconds_update", "response_length")
 
 
-def timed_run(runs: Path, engine: str, steps: int, out: Path, device: torch.device) -> dict[str, float]:
+WAYS = {"ours": ("lean", "true"), "baseline": ("generate", "false")}  # rollout engine, packing
+
+
+def timed_run(runs: Path, way: str, steps: int, out: Path, device: torch.device) -> dict[str, float]:
+    engine, packing = WAYS[way]
     rows = run_stage(
         device,
         "ppo",
@@ -35,7 +39,8 @@ def timed_run(runs: Path, engine: str, steps: int, out: Path, device: torch.devi
             "--reward-model",
             str(runs / "rm"),
         ),
-        *("--steps", str(steps), "--set", f"ppo.rollout_engine={engine}", "--set", "ppo.save_every=0"),
+        *("--steps", str(steps), "--set", f"ppo.rollout_engine={engine}", "--set", f"ppo.packing={packing}"),
+        *("--set", "ppo.save_every=0"),
     )[1:]
     for row in rows:
         row["seconds_step"] = row["seconds_rollout"] + row["seconds_update"]
@@ -50,9 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     device = device_of(args)
     with tempfile.TemporaryDirectory() as tmp:
-        engines = {
-            e: timed_run(args.runs, e, args.steps, Path(tmp) / e, device) for e in ("generate", "lean")
-        }
+        ways = {way: timed_run(args.runs, way, args.steps, Path(tmp) / way, device) for way in WAYS}
     emit(
         {
             "bench": "ppo_step",
@@ -60,13 +63,15 @@ def main() -> None:
             "machine": machine(device),
             "model": str(args.runs / "sft"),
             "steps": args.steps,
-            "ours": engines["lean"],
-            "baseline": engines["generate"],
+            **ways,
             "unit": "median seconds per step",
-            "ratio": round(engines["generate"]["seconds_step"] / engines["lean"]["seconds_step"], 3),
-            "ratio_generation": round(
-                engines["generate"]["seconds_generation"] / engines["lean"]["seconds_generation"], 3
-            ),
+            "ratio": round(ways["baseline"]["seconds_step"] / ways["ours"]["seconds_step"], 3),
+            **{
+                f"ratio_{part}": round(
+                    ways["baseline"][f"seconds_{part}"] / ways["ours"][f"seconds_{part}"], 3
+                )
+                for part in ("generation", "forward", "update")
+            },
         }
     )
 

@@ -210,3 +210,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def synthetic_sft_rows(n: int) -> list[dict]:
     rows = [json.loads(line) for line in (REPO / "data/synthetic/sft.jsonl").read_text().splitlines()[:n]]
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def random_llama(vocab_size: int):
+    """A random non-GPT-2 causal LM (rotary positions, RMSNorm): the generic code paths."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # peaked next-token distributions, so a wrong temperature shows
+        model.lm_head.weight.mul_(20)
+    return model

@@ -9,7 +9,7 @@ import pytest
 
 from align.artifacts import load_artifact
 from align.models import load_policy, resolve_model
-from tests.conftest import REPO, invoke
+from tests.conftest import REPO, invoke, random_llama
 
 PROMPTS = REPO / "data/synthetic/ppo.jsonl"
 
@@ -187,15 +187,17 @@ def test_bad_ppo_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path)
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Path) -> None:
+@pytest.mark.parametrize("packing", [True, False])
+def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Path, packing: bool) -> None:
     """Left-padded prompts of different lengths: our forward (position ids from the mask, logits / T) must give
-    the log-probs `generate` sampled with, token for token."""
+    the log-probs `generate` sampled with, token for token, on packed rows and on the padded batch."""
     import torch
     from transformers import GenerationConfig
 
     from align.chat import prompt_text
     from align.generation import response_logprobs
     from align.models import load_tokenizer
+    from align.packing import batch_layout
     from align.stages.ppo.core import truncate_at_eos
 
     source = resolve_model(str(micro_sft))
@@ -232,7 +234,8 @@ def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Pat
         )
         truncated, mask = truncate_at_eos(responses, [tokenizer.eos_token_id], tokenizer.pad_token_id)
         attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
-        ours, _ = response_logprobs(model, torch.cat([queries["input_ids"], truncated], 1), attention, q, 0.7)
+        batch = batch_layout(torch.cat([queries["input_ids"], truncated], 1), attention, q, packing)
+        ours, _ = response_logprobs(model, batch, 0.7)
     assert queries["attention_mask"].sum(1).unique().numel() > 1  # the prompts really are padded
     torch.testing.assert_close(ours * mask, sampled * mask, atol=1e-4, rtol=0)
 
@@ -244,7 +247,7 @@ def _pit_distance(model, queries, responses, eos_token_id, temperature) -> float
     shrinks like 1/sqrt(n); any other sampling distribution leaves it bounded away from 0."""
     import torch
 
-    from align.generation import position_ids
+    from align.packing import position_ids
     from align.stages.ppo.core import truncate_at_eos
 
     _, mask = truncate_at_eos(responses, [eos_token_id], 0)
@@ -276,27 +279,6 @@ def _chat_queries(tokenizer, rows: int):
     return queries
 
 
-def _llama_like(vocab_size: int):
-    """A random non-GPT-2 causal LM (rotary positions, RMSNorm): LeanSampler's generic path."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # peaked next-token distributions, so a wrong temperature shows
-        model.lm_head.weight.mul_(20)
-    return model
-
-
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_lean_rollout_engine_samples_the_model_distribution(micro_sft: Path, architecture: str) -> None:
     """Our decode loop samples softmax(logits / T) of the policy at every position, as `generate` does
@@ -309,7 +291,7 @@ def test_lean_rollout_engine_samples_the_model_distribution(micro_sft: Path, arc
 
     source = resolve_model(str(micro_sft))
     tokenizer = load_tokenizer(source)
-    model = load_policy(source).eval() if architecture == "gpt2" else _llama_like(len(tokenizer))
+    model = load_policy(source).eval() if architecture == "gpt2" else random_llama(len(tokenizer))
     queries = _chat_queries(tokenizer, 384)
     distance = {}
     for name, engine, temperature in (
@@ -336,8 +318,9 @@ def test_static_decoder_reproduces_the_gpt2_forward(micro_sft: Path) -> None:
     same left-padded sequence (teacher forcing), to float rounding."""
     import torch
 
-    from align.generation import encode_left_padded, position_ids
+    from align.generation import encode_left_padded
     from align.models import load_tokenizer
+    from align.packing import position_ids
     from align.static_decode import StaticStepper, supports
 
     source = resolve_model(str(micro_sft))

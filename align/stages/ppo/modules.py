@@ -25,7 +25,6 @@ from torch import nn
 from align.artifacts import Artifact, load_artifact
 from align.config import PPOConfig
 from align.errors import ConfigError
-from align.generation import position_ids
 from align.models import ModelSource, load_policy, lora_config
 from align.rewards import RewardModel, load_reward_function
 
@@ -39,10 +38,9 @@ class ValueModel(nn.Module):
         super().__init__()
         self.trunk, self.head = trunk, head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.trunk(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-        ).last_hidden_state
+    def forward(self, **inputs: Any) -> torch.Tensor:
+        """Values [rows, columns] of a batch layout's `inputs()` (`align.packing`)."""
+        hidden = self.trunk(**inputs).last_hidden_state
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
 

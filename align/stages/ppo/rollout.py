@@ -1,7 +1,8 @@
 """Rollouts: sample responses, then score every token with the policy, the reference and the critic.
 
-Every forward pass gets `position_ids = cumsum(attention_mask) - 1`, because GPT-2's positions are
-absolute and the prompts are left-padded; log-probs come from logits / temperature through an fp32
+Every forward pass counts positions from each sequence's first real token, because GPT-2's positions
+are absolute and the prompts are left-padded; the scoring forwards run on packed rows (padding dropped,
+`align.packing`) unless `ppo.packing` is off. Log-probs come from logits / temperature through an fp32
 log-softmax, so the update sees exactly the distribution the rollout sampled from.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from align.generation import decode_response, encode_left_padded, response_logprobs
+from align.packing import batch_layout
 from align.stages.ppo.core import INVALID_LOGPROB, truncate_at_eos
 from align.static_decode import StaticStepper, supports
 
@@ -183,6 +185,7 @@ def collect(
     temperature: float,
     missing_eos_penalty: float | None,
     device: torch.device,
+    packing: bool = True,
 ) -> Trajectory:
     """Steps 1-4 of a PPO iteration: sample, truncate at EOS, score tokens, score responses."""
     clock = _Clock()
@@ -198,12 +201,11 @@ def collect(
     query_responses = torch.cat([queries["input_ids"], responses], dim=1)
     attention_mask = torch.cat([queries["attention_mask"], mask.long()], dim=1)
     # 3. per-token log-probs (policy, reference) and values
-    logprobs, entropy = response_logprobs(policy, query_responses, attention_mask, query_length, temperature)
+    batch = batch_layout(query_responses, attention_mask, query_length, packing)
+    logprobs, entropy = response_logprobs(policy, batch, temperature)
     with reference() as reference_model:
-        ref_logprobs, _ = response_logprobs(
-            reference_model, query_responses, attention_mask, query_length, temperature
-        )
-    values = critic(query_responses, attention_mask)[:, query_length - 1 : -1].float()
+        ref_logprobs, _ = response_logprobs(reference_model, batch, temperature)
+    values = batch.gather(critic(**batch.inputs())).float()
     invalid = mask == 0
     logprobs, ref_logprobs = (
         logprobs.masked_fill(invalid, INVALID_LOGPROB),

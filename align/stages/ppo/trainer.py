@@ -31,6 +31,7 @@ from align.distributed import on_accelerator
 from align.errors import DataError
 from align.generation import response_logprobs
 from align.models import load_tokenizer, resolve_model, save_policy
+from align.packing import batch_layout
 from align.stages.ppo import core
 from align.stages.ppo.modules import build_critic, build_policy, build_reward, trainable
 from align.stages.ppo.processes import Processes
@@ -167,6 +168,7 @@ class PPOLoop:
             s.temperature,
             s.missing_eos_penalty,
             self.device,
+            s.packing,
         )
         rollout_seconds = time.perf_counter() - start
         # 5. per-token rewards: KL penalty everywhere, the score at the last real token
@@ -232,18 +234,15 @@ class PPOLoop:
         totals: dict[str, float] = {}
         for start in range(0, len(minibatch), s.micro_batch_size):
             idx = minibatch[start : start + s.micro_batch_size]
+            batch = batch_layout(
+                trajectory.query_responses[idx], trajectory.attention_mask[idx], q, s.packing
+            )
             # while the critic warms up the policy takes no gradient (and DDP sees no unused forward)
             with torch.set_grad_enabled(train_policy):
                 logprobs, _ = response_logprobs(
-                    self.trained_policy if train_policy else self.policy,
-                    trajectory.query_responses[idx],
-                    trajectory.attention_mask[idx],
-                    q,
-                    s.temperature,
+                    self.trained_policy if train_policy else self.policy, batch, s.temperature
                 )
-            values = self.trained_critic(trajectory.query_responses[idx], trajectory.attention_mask[idx])[
-                :, q - 1 : -1
-            ].float()
+            values = batch.gather(self.trained_critic(**batch.inputs())).float()
             stats = core.ppo_losses(
                 logprobs,
                 trajectory.logprobs[idx],

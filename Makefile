@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests
 
 lint: setup
-	$(BIN)/ruff check align tests bench
+	$(BIN)/ruff check align tests bench notebooks
 	$(BIN)/ruff format --check align tests bench
 
 synth: setup

@@ -13,9 +13,12 @@ Both answer the same questions: the per-position outputs that predict each respo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
+
+from align.errors import ConfigError
 
 # Packed rows hold at least this many tokens (or the longest sequence): longer rows waste less padding,
 # shorter ones less attention (each row attends over its whole length before the block mask applies).
@@ -118,6 +121,22 @@ def batch_layout(
 ) -> Layout:
     cls = PackedLayout if packing else PaddedLayout
     return cls(query_responses, attention_mask, query_length)
+
+
+@torch.no_grad()
+def check_packing(name: str, forward: Callable[..., torch.Tensor], device: torch.device) -> None:
+    """Two 3-token sequences packed in one row must come out as they do apart. An architecture whose
+    attention ignores the position restarts would let packed sequences see each other, silently; this
+    turns that into a one-line error before training starts."""
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]], device=device)
+    positions = torch.arange(3, device=device).expand(2, 3)
+    apart = forward(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions)
+    packed = forward(input_ids=ids.reshape(1, 6), position_ids=positions.reshape(1, 6), use_cache=False)
+    if not torch.allclose(packed.reshape(apart.shape).float(), apart.float(), atol=1e-4, rtol=1e-3):
+        raise ConfigError(
+            f"the {name} does not keep packed sequences apart (its attention ignores position_ids "
+            "restarts); set ppo.packing=false"
+        )
 
 
 def _first_fit(lengths: list[int], width: int) -> tuple[list[int], list[int]]:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from align import packing
+from align.errors import ConfigError
 from align.generation import response_logprobs
 from align.stages.ppo.modules import ValueModel
 from tests.conftest import random_llama
@@ -66,3 +67,20 @@ def test_packed_rows_score_like_the_padded_batch(architecture: str, monkeypatch)
 def test_first_fit_fills_rows_longest_first() -> None:
     rows, offsets = packing._first_fit([5, 9, 3, 6, 2], width=10)
     assert rows == [2, 0, 1, 1, 2] and offsets == [0, 0, 6, 0, 5]
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_packing_check_passes_models_that_keep_sequences_apart(architecture: str) -> None:
+    model = _model(architecture)
+    packing.check_packing("policy", lambda **inputs: model(**inputs).logits, torch.device("cpu"))
+    critic = ValueModel(model.base_model, nn.Linear(model.config.hidden_size, 1))
+    packing.check_packing("critic", critic, torch.device("cpu"))
+
+
+def test_packing_check_rejects_attention_that_ignores_position_restarts(monkeypatch) -> None:
+    import transformers.masking_utils
+
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    model = _model("gpt2")
+    with pytest.raises(ConfigError, match="ppo.packing=false"):
+        packing.check_packing("policy", lambda **inputs: model(**inputs).logits, torch.device("cpu"))

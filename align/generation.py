@@ -13,7 +13,7 @@ import torch
 from transformers import GenerationConfig
 
 from align.chat import prompt_text
-from align.packing import Layout, PackedLayout
+from align.packing import Layout, batch_layout, keeps_sequences_apart
 
 
 @dataclass
@@ -122,6 +122,7 @@ def sequence_kl(
     """Summed per-token log-ratio log pi(y|x) - log pi_ref(y|x) of each sampled response (the KL estimate
     every method is compared with: the policy's own samples, at the evaluation temperature)."""
     device = next(policy.parameters()).device
+    packing = keeps_sequences_apart(policy) and keeps_sequences_apart(reference)
     kls: list[float] = []
     for start in range(0, len(prompts), batch_size):
         queries = encode_left_padded(tokenizer, prompts[start : start + batch_size], device)
@@ -134,7 +135,7 @@ def sequence_kl(
             mask[i, : len(row)] = 1.0
         query_responses = torch.cat([queries["input_ids"], ids], dim=1)
         attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
-        batch = PackedLayout(query_responses, attention, queries["input_ids"].shape[1])
+        batch = batch_layout(query_responses, attention, queries["input_ids"].shape[1], packing)
         logprobs, _ = response_logprobs(policy, batch, temperature)
         ref_logprobs, _ = response_logprobs(reference, batch, temperature)
         kls.extend(((logprobs - ref_logprobs) * mask).sum(1).tolist())

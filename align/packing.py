@@ -1,7 +1,7 @@
 """Batch layouts for the PPO forwards: scoring (prompt, response) rows with or without their padding.
 
 A PPO batch is left-padded prompts followed by right-padded responses, so most of its columns can be
-padding: on the offline default a row holds ~20 real tokens in ~50 columns. `PackedLayout` lays the
+padding: on the offline default a row holds ~19 real tokens in up to ~41 columns. `PackedLayout` lays the
 real tokens of several rows end to end in a few fixed-length rows, with positions restarting at 0 for
 each sequence; transformers reads the restarts from `position_ids` (attention mask None, no cache) and
 keeps each sequence's attention inside itself, so every token gets the logits it would get alone.
@@ -13,7 +13,7 @@ Both answer the same questions: the per-position outputs that predict each respo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
 from typing import Any, Protocol
 
 import torch
@@ -64,10 +64,9 @@ class PaddedLayout:
         return per_position[:, self.query_length - 1 : -1]
 
     def logits(self, model: Any) -> torch.Tensor:
-        keep = self.responses.shape[1] + 1
         if not _keeps_logits(model):
             return self.gather(model(**self.inputs()).logits)
-        return model(**self.inputs(), logits_to_keep=keep).logits[:, :-1]
+        return model(**self.inputs(), logits_to_keep=self.responses.shape[1] + 1).logits[:, :-1]
 
 
 class PackedLayout:
@@ -87,14 +86,10 @@ class PackedLayout:
         within = torch.arange(len(sequence), device=device) - (lengths.cumsum(0) - lengths)[sequence]
         rows = int(row_of.max()) + 1
         # unused slots: token 0 at position 0, so each forms a one-token sequence of its own
-        self.input_ids = query_responses.new_zeros(rows * width)
-        self.position_ids = query_responses.new_zeros(rows * width)
-        self.input_ids[start[sequence] + within] = query_responses[real]
-        self.position_ids[start[sequence] + within] = within
-        self.input_ids, self.position_ids = (
-            self.input_ids.view(rows, width),
-            self.position_ids.view(rows, width),
-        )
+        ids, positions = query_responses.new_zeros(rows * width), query_responses.new_zeros(rows * width)
+        ids[start[sequence] + within] = query_responses[real]
+        positions[start[sequence] + within] = within
+        self.input_ids, self.position_ids = ids.view(rows, width), positions.view(rows, width)
         # response token j of row b is predicted at sequence position prompt_length - 1 + j; positions
         # past the row's response (masked out downstream) point at its last token to stay in range
         steps = torch.arange(self.responses.shape[1], device=device)
@@ -124,15 +119,27 @@ def batch_layout(
 
 
 @torch.no_grad()
-def check_packing(name: str, forward: Callable[..., torch.Tensor], device: torch.device) -> None:
-    """Two 3-token sequences packed in one row must come out as they do apart. An architecture whose
-    attention ignores the position restarts would let packed sequences see each other, silently; this
-    turns that into a one-line error before training starts."""
+def keeps_sequences_apart(module: torch.nn.Module) -> bool:
+    """Two 3-token sequences packed in one row come out as they do apart (dropout off for the check).
+    An architecture whose attention ignores the position restarts would let packed sequences see each
+    other, silently."""
+    device = next(module.parameters()).device
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]], device=device)
     positions = torch.arange(3, device=device).expand(2, 3)
-    apart = forward(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions)
-    packed = forward(input_ids=ids.reshape(1, 6), position_ids=positions.reshape(1, 6), use_cache=False)
-    if not torch.allclose(packed.reshape(apart.shape).float(), apart.float(), atol=1e-4, rtol=1e-3):
+    mode = module.training
+    module.eval()
+    try:
+        apart = module(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions)
+        packed = module(input_ids=ids.reshape(1, 6), position_ids=positions.reshape(1, 6), use_cache=False)
+    finally:
+        module.train(mode)
+    apart, packed = (getattr(out, "logits", out).float() for out in (apart, packed))
+    return torch.allclose(packed.reshape(apart.shape), apart, atol=1e-4, rtol=1e-3)
+
+
+def check_packing(name: str, module: torch.nn.Module) -> None:
+    """A one-line error before PPO trains on packed rows that would not keep sequences apart."""
+    if not keeps_sequences_apart(module):
         raise ConfigError(
             f"the {name} does not keep packed sequences apart (its attention ignores position_ids "
             "restarts); set ppo.packing=false"
@@ -181,7 +188,5 @@ _PARAMETERS: dict[type, frozenset[str]] = {}
 def _forward_parameters(cls: type) -> frozenset[str]:
     """The forward's parameter names, looked up once per model class."""
     if cls not in _PARAMETERS:
-        import inspect
-
         _PARAMETERS[cls] = frozenset(inspect.signature(cls.forward).parameters)
     return _PARAMETERS[cls]

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,26 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return torch.device(args.device)
 
 
+def align(*args: str, env: dict[str, str] | None = None) -> float:
+    """`align ARGS` in a quiet subprocess; the seconds it took."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "align.cli", *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    return round(time.perf_counter() - start, 1)
+
+
 def run_stage(device: torch.device, stage: str, output: Path, *args: str) -> list[dict[str, Any]]:
     """`align STAGE ... --output OUTPUT` in a quiet subprocess (`--device cpu` hides any GPU from it);
     the rows it logged to logs/metrics.jsonl."""
     env = dict(os.environ)
     if device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    subprocess.run(
-        [sys.executable, "-m", "align.cli", stage, *args, "--output", str(output)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    align(stage, *args, "--output", str(output), env=env)
     return [json.loads(line) for line in (output / "logs/metrics.jsonl").read_text().splitlines()]
 
 

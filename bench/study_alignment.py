@@ -15,19 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ALIGN = [sys.executable, "-m", "align.cli"]
+from harness import align
+
 GOLD = "align.data.synthetic:gold_reward"
-
-
-def align(*args: str) -> float:
-    start = time.perf_counter()
-    subprocess.run([*ALIGN, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return round(time.perf_counter() - start, 1)
 
 
 def evaluate(policy: Path, rm: Path, reference: Path) -> dict:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ALIGN = [sys.executable, "-m", "align.cli"]
+from harness import align
+
 WIDE = ["--set", "arch.n_layer=6", "--set", "arch.n_embd=256", "--set", "arch.n_head=8"]
 
 # Trunks made for the study: (output, align arguments). {work} and {runs} are filled in.
@@ -44,10 +43,6 @@ VARIANTS = {
     "fromsft1500": ("{work}/sft1500", "SFT of the 1,500-step base", []),
     "big6": ("{work}/big6-sft", "6 layers x 256 (4.8M) trunk, pretrained and SFT as the recipes", []),
 }
-
-
-def align(*args: str) -> None:
-    subprocess.run([*ALIGN, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def training_gold_accuracy(rm: Path, limit: int = 1500) -> float:

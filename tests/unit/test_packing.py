@@ -71,10 +71,11 @@ def test_first_fit_fills_rows_longest_first() -> None:
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_packing_check_passes_models_that_keep_sequences_apart(architecture: str) -> None:
-    model = _model(architecture)
-    packing.check_packing("policy", lambda **inputs: model(**inputs).logits, torch.device("cpu"))
+    model = _model(architecture).train()
+    packing.check_packing("policy", model)
+    assert model.training  # the check runs with dropout off and hands the module back as it was
     critic = ValueModel(model.base_model, nn.Linear(model.config.hidden_size, 1))
-    packing.check_packing("critic", critic, torch.device("cpu"))
+    packing.check_packing("critic", critic)
 
 
 def test_packing_check_rejects_attention_that_ignores_position_restarts(monkeypatch) -> None:
@@ -83,4 +84,4 @@ def test_packing_check_rejects_attention_that_ignores_position_restarts(monkeypa
     monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     model = _model("gpt2")
     with pytest.raises(ConfigError, match="ppo.packing=false"):
-        packing.check_packing("policy", lambda **inputs: model(**inputs).logits, torch.device("cpu"))
+        packing.check_packing("policy", model)

@@ -185,7 +185,7 @@ def collect(
     temperature: float,
     missing_eos_penalty: float | None,
     device: torch.device,
-    packing: bool = True,
+    packing: bool,
 ) -> Trajectory:
     """Steps 1-4 of a PPO iteration: sample, truncate at EOS, score tokens, score responses."""
     clock = _Clock()

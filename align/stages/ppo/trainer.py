@@ -16,8 +16,6 @@ import math
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +54,8 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     prompts, prompt_info = _prompt_texts(config, tokenizer, _context_length(policy.config))
     critic, layout, rm_reward = build_critic(config, source, tokenizer, scorer, device)
     if settings.packing:
-        with _evaluation_mode(policy, critic):
-            check_packing("policy", lambda **inputs: policy(**inputs).logits, device)
-            check_packing("critic", critic, device)
+        check_packing("policy", policy)
+        check_packing("critic", critic)
     with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
         loop = PPOLoop(
             config, policy, reference, critic, rm_reward or reward, tokenizer, prompts, writer, accelerator
@@ -506,19 +503,6 @@ def _score_statistics(artifact: Any) -> tuple[float, float] | None:
     if artifact is None or "reward_std" not in artifact.metrics:
         return None
     return artifact.metrics["reward_mean"], max(artifact.metrics["reward_std"], 1e-6)
-
-
-@contextmanager
-def _evaluation_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Dropout off for a check, each module's own mode restored after it."""
-    modes = [module.training for module in modules]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module, mode in zip(modules, modes, strict=True):
-            module.train(mode)
 
 
 def _checkpoints(root: Path) -> list[Path]:

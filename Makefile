@@ -54,6 +54,7 @@ results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
 	$(BIN)/python bench/study_rm.py --runs $(RUNS) --out results/reward_model.json
+	$(BIN)/python bench/study_onpolicy_rm.py --runs $(RUNS) --out results/onpolicy_rm.json
 
 # Speed and memory against plain transformers in the same run, one JSON line each (also kept in results/).
 BENCH := set -o pipefail; $(BIN)/python

@@ -367,11 +367,17 @@ def pairs(
     label_noise: Annotated[
         float | None, typer.Option(help="Share of labels flipped (simulated annotators).")
     ] = None,
+    pairing: Annotated[
+        str | None,
+        typer.Option(
+            "--pairs", help="best_worst (one pair per prompt) or all (every two answers scored differently)."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
     seed: Seed = None,
     sets: Sets = None,
 ) -> None:
-    """Preference pairs from the policy's own samples, best vs worst by an RM or a reward function."""
+    """Preference pairs from the policy's own samples, ranked by an RM or a reward function."""
     flags = {
         "model": model,
         "prompts": prompts,
@@ -381,6 +387,7 @@ def pairs(
         "sampling.n": n,
         "sampling.temperature": temperature,
         "sampling.label_noise": label_noise,
+        "sampling.pairs": pairing,
         "limit": limit,
         "seed": seed,
     }

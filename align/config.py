@@ -123,13 +123,14 @@ class RMConfig:
 
 @dataclass
 class SamplingSettings:
-    """How pairs are sampled from a policy: n responses per prompt, the judge's best vs worst."""
+    """How pairs are sampled from a policy: n responses per prompt, the judge's best vs worst (or all)."""
 
     n: int = 4
     temperature: float = 1.0
     max_new_tokens: int = 32
     prompts_per_round: int | None = None  # iterative DPO: fresh prompts each round (None: all)
     label_noise: float = 0.0  # flip this share of labels, to simulate annotators
+    pairs: str = "best_worst"  # or "all": every two distinct answers the judge scores differently
     batch_size: int = 256
 
     def validate(self) -> None:
@@ -138,6 +139,7 @@ class SamplingSettings:
         _require(self.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1")
         _require(0.0 <= self.label_noise < 0.5, "sampling.label_noise must be in [0, 0.5)")
         _require(self.batch_size >= 1, "sampling.batch_size must be >= 1")
+        _require(self.pairs in ("best_worst", "all"), "sampling.pairs must be best_worst or all")
         _require(
             self.prompts_per_round is None or self.prompts_per_round >= 1,
             "sampling.prompts_per_round must be >= 1",

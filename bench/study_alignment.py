@@ -22,8 +22,9 @@ from harness import align
 GOLD = "align.data.synthetic:gold_reward"
 
 
-def evaluate(policy: Path, rm: Path, reference: Path) -> dict:
-    report = policy.with_name(policy.name + "-eval.json")
+def evaluate(policy: Path, rm: Path, reference: Path, report: Path | None = None) -> dict:
+    """`align eval` figures of a policy, kept beside it (or at `report`) and reused when there."""
+    report = report or policy.with_name(policy.name + "-eval.json")
     if not report.exists() or "kl_to_reference" not in json.loads(report.read_text()):
         align(
             "eval",

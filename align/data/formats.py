@@ -4,7 +4,7 @@
 |---------|----------------|
 | text    | {"text": str} |
 | sft     | {"prompt": [messages], "completion": [assistant message]} (a pairs file gives its chosen answers) |
-| pairs   | {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message], "group": str} |
+| pairs   | {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message], "group": str} (pairs held out together) |
 | prompts | {"prompt": [messages]} |
 
 Accepted inputs are listed in README.md ("Data formats"). A row that cannot be read is an error naming
@@ -134,7 +134,17 @@ def pair_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
         prompt, chosen, rejected = _split_transcripts(values, where)
     else:  # two full message lists sharing their prompt turns
         prompt, chosen, rejected = _split_message_lists(values, where)
-    return [_pair_row(prompt, chosen, rejected, where)]
+    return [{**_pair_row(prompt, chosen, rejected, where), "group": _group(values, where)}]
+
+
+def _group(values: dict[str, Any], where: str) -> str:
+    """A pair's own location, or the `group` it names (pairs of one prompt), scoped to its file."""
+    if "group" not in values:
+        return where
+    group = values["group"]
+    if not isinstance(group, (str, int)) or isinstance(group, bool):
+        raise DataError(f"{where}: field 'group' must be a string or an integer")
+    return f"{where.rsplit(':', 1)[0]}: group {group}"
 
 
 def prompt_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:

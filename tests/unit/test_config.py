@@ -7,6 +7,7 @@ import pytest
 from align.config import (
     DPOConfig,
     GRPOConfig,
+    PairsConfig,
     PPOConfig,
     PretrainConfig,
     RLOOConfig,
@@ -21,6 +22,7 @@ CONFIGS = {
     "pretrain": PretrainConfig,
     "sft": SFTConfig,
     "rm": RMConfig,
+    "pairs": PairsConfig,
     "ppo": PPOConfig,
     "dpo": DPOConfig,
     "grpo": GRPOConfig,

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from align.artifacts import load_artifact
+from align.config import SamplingSettings
 from align.models import load_policy, load_tokenizer, resolve_model
+from align.stages.pairs import label_pairs
 from tests.conftest import REPO, invoke, sets, train_rm_briefly
 
 PAIRS = REPO / "data/synthetic/pairs.jsonl"
@@ -222,6 +224,29 @@ def test_pairs_from_the_policy_feed_the_reward_model(runner, micro_sft: Path, tm
         assert row["chosen_score"] == min(len(row["chosen"]), 40) / 40
     assert artifact.parent("sft") is not None  # the lineage names the policy that answered
     train_rm_briefly(runner, micro_sft, tmp_path / "pairs", tmp_path / "rm")
+
+
+@pytest.mark.parametrize("mode", ["best_worst", "all"])
+def test_label_pairs_orders_distinct_answers_by_the_judge(mode: str) -> None:
+    responses = ["a<e>", "b<e>", "a<e>", "c", "x<e>", "x<e>", "x<e>", "x<e>"]  # 2 prompts x 4 samples
+    scores = [1.0, 0.0, 1.0, 0.5, 0.3, 0.3, 0.3, 0.3]
+    rows, tied, flipped = label_pairs(["p", "q"], responses, scores, SamplingSettings(pairs=mode), 0, "<e>")
+    assert (tied, flipped) == (1, 0)  # prompt q: one distinct answer
+    pairs = [(r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"]) for r in rows]
+    expected = [("a", "b", 1.0, 0.0)]
+    if mode == "all":  # every two distinct answers, the repeated "a" counted once
+        expected = [("a", "c", 1.0, 0.5), ("a", "b", 1.0, 0.0), ("c", "b", 0.5, 0.0)]
+    assert pairs == expected
+    assert {r["group"] for r in rows} == {"prompt-0"}
+
+
+def test_label_noise_flips_that_share_of_labels() -> None:
+    responses = [r for i in range(2000) for r in (f"good{i}", f"bad{i}")]
+    scores = [1.0, 0.0] * 2000
+    sampling = SamplingSettings(n=2, label_noise=0.2)
+    rows, _, flipped = label_pairs(list(range(2000)), responses, scores, sampling, 0, "<e>")
+    reversed_rows = sum(r["chosen_score"] < r["rejected_score"] for r in rows)
+    assert reversed_rows == flipped and 0.17 < flipped / 2000 < 0.23
 
 
 def test_iterative_dpo_moves_the_policy_towards_the_judge(runner, micro_sft: Path, tmp_path: Path) -> None:

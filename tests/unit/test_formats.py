@@ -88,6 +88,18 @@ def test_k_way_ranking_becomes_all_ordered_pairs(tmp_path: Path) -> None:
     assert len({p["group"] for p in pairs}) == 1
 
 
+def test_pairs_naming_a_group_share_it_within_their_file(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "4", "group": "prompt-0"},
+        {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "5", "group": "prompt-0"},
+        {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "5", "group": "prompt-1"},
+        {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "6"},
+    ]
+    groups = [p["group"] for p in load_data(str(write_jsonl(tmp_path / "g.jsonl", rows)), "pairs").rows]
+    assert groups[0] == groups[1] != groups[2] != groups[3]
+    assert groups[3].endswith("g.jsonl:4")
+
+
 def test_unusable_rows_are_dropped_and_counted(tmp_path: Path) -> None:
     rows = [
         {"prompt": "a", "chosen": "x", "rejected": "x"},
@@ -137,6 +149,7 @@ def test_csv_parquet_json_gzip_and_directories(tmp_path: Path) -> None:
             "pairs",
             "field 'ranking' must list",
         ),
+        ('{"prompt": "a", "chosen": "b", "rejected": "c", "group": [1]}\n', "pairs", "field 'group' must be"),
         ('{"messages": [{"role": "wizard", "content": "x"}]}\n', "sft", "unknown role 'wizard'"),
         ('{"messages": [{"role": "user", "content": "x"}]}\n', "sft", "must end with an assistant turn"),
         ('{"text": "a"}\n', "prompts", r"field 'prompt' missing \(has: text\)"),

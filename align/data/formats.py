@@ -8,7 +8,7 @@
 | prompts | {"prompt": [messages]} |
 
 Accepted inputs are listed in README.md ("Data formats"). A row that cannot be read is an error naming
-file, line and field; a readable but unusable row (empty text, chosen == rejected) is dropped and
+file, line and field; a readable but unusable row (empty text or chosen answer, chosen == rejected) is dropped and
 counted by reason in the manifest.
 """
 
@@ -206,8 +206,10 @@ def _sft_row(prompt: list[Message], completion: str) -> dict[str, Any]:
 
 
 def _pair_row(prompt: list[Message], chosen: str, rejected: str, where: str) -> dict[str, Any]:
-    if not chosen.strip() or not rejected.strip():
-        raise Dropped("empty response")
+    """An empty rejected answer is kept: saying nothing is an answer a policy under RL finds, and the RM
+    must have seen it ranked low. An empty chosen one is a broken row."""
+    if not chosen.strip():
+        raise Dropped("empty chosen")
     if chosen.strip() == rejected.strip():
         raise Dropped("chosen equals rejected")
     if not prompt:

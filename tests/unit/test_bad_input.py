@@ -129,7 +129,7 @@ STAGE_CASES = {
     "rm: empty strings": (
         ["rm", "--model", "{sft}", "--data", "{data}"],
         '{"prompt": "a", "chosen": "", "rejected": "y"}\n',
-        "no usable pairs rows (1 empty response)",
+        "no usable pairs rows (1 empty chosen)",
     ),
     "rm: ranking repeats an index": (
         ["rm", "--model", "{sft}", "--data", "{data}"],

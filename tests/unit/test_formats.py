@@ -105,10 +105,13 @@ def test_unusable_rows_are_dropped_and_counted(tmp_path: Path) -> None:
         {"prompt": "a", "chosen": "x", "rejected": "x"},
         {"prompt": "a", "chosen": "x", "rejected": "y"},
         {"prompt": "", "chosen": "x", "rejected": "y"},
+        {"prompt": "a", "chosen": "", "rejected": "y"},
+        {"prompt": "a", "chosen": "x", "rejected": ""},  # saying nothing, ranked low: kept
     ]
     data = load_data(str(write_jsonl(tmp_path / "p.jsonl", rows)), "pairs")
-    assert len(data.rows) == 1 and data.read == 3
-    assert data.info()["dropped"] == {"chosen equals rejected": 1, "empty prompt": 1}
+    assert len(data.rows) == 2 and data.read == 5
+    assert data.rows[1]["rejected"] == [{"role": "assistant", "content": ""}]
+    assert data.info()["dropped"] == {"chosen equals rejected": 1, "empty prompt": 1, "empty chosen": 1}
 
 
 def test_prompts_come_from_any_file(tmp_path: Path) -> None:

@@ -4,12 +4,15 @@
 |---------|----------------|
 | text    | {"text": str} |
 | sft     | {"prompt": [messages], "completion": [assistant message]} (a pairs file gives its chosen answers) |
-| pairs   | {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message], "group": str} (pairs held out together) |
+| pairs   | {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message], "group": str} |
 | prompts | {"prompt": [messages]} |
 
+A pair's group (its own location, or the `group` its row names) keeps the pairs sharing it together in
+held-out splits.
+
 Accepted inputs are listed in README.md ("Data formats"). A row that cannot be read is an error naming
-file, line and field; a readable but unusable row (empty text or chosen answer, chosen == rejected) is dropped and
-counted by reason in the manifest.
+file, line and field; a readable but unusable row (empty text or chosen answer, chosen == rejected) is
+dropped and counted by reason in the manifest.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ iterative DPO.
 
 This is how InstructGPT's comparison data was made: the SFT policy answers each prompt several times and
 the answers are ranked (here by an RM or a reward function instead of people; `align label` is the
-human route). The judge's best and worst answers become chosen and rejected (or, with `sampling.pairs: all`,
-every two distinct answers it scores differently, as InstructGPT trained on all C(K, 2) comparisons of
-a ranking); prompts whose answers all score the same give no pair and are counted. The artifact holds `data/pairs.jsonl`, and `align rm` and
-`align dpo` take the artifact directory as `--data`, so the lineage reaches from the RM back to the
-policy whose answers it learned from.
+human route). The judge's best and worst answers become chosen and rejected (or, with
+`sampling.pairs: all`, every two distinct answers it scores differently, as InstructGPT trained on all
+C(K, 2) comparisons of a ranking); prompts whose answers all score the same give no pair and are
+counted. The artifact holds `data/pairs.jsonl`, and `align rm` and `align dpo` take the artifact
+directory as `--data`, so the lineage reaches from the RM back to the policy whose answers it learned
+from.
 """
 
 from __future__ import annotations

@@ -63,13 +63,19 @@ class Dataset:
             "dropped": dict(self.dropped),
         }
 
-    def add(self, values: dict[str, Any], where: str) -> None:
-        """Normalise one raw row into this data set's rows, or count it under the reason it was dropped."""
+    def add(self, values: dict[str, Any], where: str, origin: str) -> None:
+        """Normalise one raw row into this data set's rows, or count it under the reason it was dropped.
+        `where` is the row's location, `origin` the file (or hub data set) it is in."""
         self.read += 1
         try:
-            self.rows.extend(_NORMALISERS[self.kind](values, where))
+            rows = _NORMALISERS[self.kind](values, where)
         except Dropped as why:
             self.dropped[str(why)] += 1
+            return
+        if self.kind == "pairs":
+            group = _group(values, where, origin)
+            rows = [{**row, "group": group} for row in rows]
+        self.rows.extend(rows)
 
     def drop(self, indices: set[int], reason: str) -> None:
         """Drop rows found unusable by a stage (e.g. longer than its max_length), counting them."""
@@ -87,7 +93,7 @@ def load_data(name: str, kind: str, limit: int | None = None) -> Dataset:
     for raw in read_rows(source):
         if limit is not None and len(dataset.rows) >= limit:
             break
-        dataset.add(raw.values, raw.location)
+        dataset.add(raw.values, raw.location, raw.origin)
     if not dataset.rows:
         reasons = ", ".join(f"{n} {r}" for r, n in dataset.dropped.items()) or "no rows"
         raise DataError(f"{name}: no usable {kind} rows ({reasons})")
@@ -137,17 +143,18 @@ def pair_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
         prompt, chosen, rejected = _split_transcripts(values, where)
     else:  # two full message lists sharing their prompt turns
         prompt, chosen, rejected = _split_message_lists(values, where)
-    return [{**_pair_row(prompt, chosen, rejected, where), "group": _group(values, where)}]
+    return [_pair_row(prompt, chosen, rejected)]
 
 
-def _group(values: dict[str, Any], where: str) -> str:
-    """A pair's own location, or the `group` it names (pairs of one prompt), scoped to its file."""
+def _group(values: dict[str, Any], where: str, origin: str) -> str:
+    """A pair's own row (all pairs of one ranking row share it), or the `group` the row names (pairs of
+    one prompt), scoped to its file."""
     if "group" not in values:
         return where
     group = values["group"]
     if not isinstance(group, (str, int)) or isinstance(group, bool):
         raise DataError(f"{where}: field 'group' must be a string or an integer")
-    return f"{where.rsplit(':', 1)[0]}: group {group}"
+    return f"{origin}: group {group}"
 
 
 def prompt_rows(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -191,7 +198,7 @@ def _ranking_pairs(values: dict[str, Any], where: str) -> list[dict[str, Any]]:
     prompt = _prompt_messages(values, where)
     ordered = [responses[i] for i in ranking]
     pairs = [
-        _pair_row(prompt, better, worse, where)
+        _pair_row(prompt, better, worse)
         for better, worse in itertools.combinations(ordered, 2)
         if better.strip() != worse.strip()
     ]
@@ -208,7 +215,7 @@ def _sft_row(prompt: list[Message], completion: str) -> dict[str, Any]:
     return {"prompt": prompt, "completion": [_assistant(completion)]}
 
 
-def _pair_row(prompt: list[Message], chosen: str, rejected: str, where: str) -> dict[str, Any]:
+def _pair_row(prompt: list[Message], chosen: str, rejected: str) -> dict[str, Any]:
     """An empty rejected answer is kept: saying nothing is an answer a policy under RL finds, and the RM
     must have seen it ranked low. An empty chosen one is a broken row."""
     if not chosen.strip():
@@ -221,7 +228,6 @@ def _pair_row(prompt: list[Message], chosen: str, rejected: str, where: str) -> 
         "prompt": prompt,
         "chosen": [_assistant(chosen)],
         "rejected": [_assistant(rejected)],
-        "group": where,
     }
 
 

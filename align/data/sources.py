@@ -23,7 +23,8 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 @dataclass
 class RawRow:
-    location: str
+    location: str  # the row: `file:line`, `file[item]`, `file:row N`, `hub_id:row N`
+    origin: str  # the file or hub data set it is in: the scope of the group a row names
     values: dict[str, Any]
 
 
@@ -85,12 +86,12 @@ def _read_file(path: Path) -> Iterator[RawRow]:
         for row in reader:
             if None in row:
                 raise DataError(f"{path}:{reader.line_num}: more values than header columns")
-            yield RawRow(f"{path}:{reader.line_num}", dict(row))
+            yield RawRow(f"{path}:{reader.line_num}", str(path), dict(row))
     else:  # .txt: one document per blank-line-separated block
         line = 1
         for block in text.split("\n\n"):
             if block.strip():
-                yield RawRow(f"{path}:{line}", {"text": block.strip()})
+                yield RawRow(f"{path}:{line}", str(path), {"text": block.strip()})
             line += block.count("\n") + 2
 
 
@@ -104,7 +105,7 @@ def _read_jsonl(path: Path, text: str) -> Iterator[RawRow]:
             raise DataError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(value, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
-        yield RawRow(f"{path}:{number}", value)
+        yield RawRow(f"{path}:{number}", str(path), value)
 
 
 def _read_json(path: Path, text: str) -> Iterator[RawRow]:
@@ -121,7 +122,7 @@ def _read_json(path: Path, text: str) -> Iterator[RawRow]:
     for index, item in enumerate(value):
         if not isinstance(item, dict):
             raise DataError(f"{path}[{index}]: expected a JSON object, got {type(item).__name__}")
-        yield RawRow(f"{path}[{index}]", item)
+        yield RawRow(f"{path}[{index}]", str(path), item)
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
@@ -134,7 +135,7 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
     if table.num_rows == 0:
         raise DataError(f"{path}: empty file (no rows)")
     for index, row in enumerate(table.to_pylist()):
-        yield RawRow(f"{path}:row {index}", row)
+        yield RawRow(f"{path}:row {index}", str(path), row)
 
 
 def _read_hub(name: str) -> Iterator[RawRow]:
@@ -150,7 +151,7 @@ def _read_hub(name: str) -> Iterator[RawRow]:
             f"{name}: not a local path, and the hub data set could not be loaded ({exc})"
         ) from None
     for index, row in enumerate(data):
-        yield RawRow(f"{name}:row {index}", dict(row))
+        yield RawRow(f"{name}:row {index}", name, dict(row))
 
 
 def _read_text(path: Path) -> str:

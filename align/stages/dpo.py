@@ -85,7 +85,7 @@ def run_iterative(config: DPOConfig, resume: bool = False) -> Artifact:
             )
             pairs = Dataset("pairs", [], prompts_data.source)
             for i, row in enumerate(rows):
-                pairs.add(row, f"round {number + 1}:{i}")
+                pairs.add(row, f"round {number + 1}, pair {i + 1}", f"round {number + 1}")
             if number == 0 and offline is not None:
                 pairs.rows.extend(offline.rows)
             train_rows, eval_rows = _rows(config, tokenizer, pairs, None)

@@ -88,16 +88,26 @@ def test_k_way_ranking_becomes_all_ordered_pairs(tmp_path: Path) -> None:
     assert len({p["group"] for p in pairs}) == 1
 
 
-def test_pairs_naming_a_group_share_it_within_their_file(tmp_path: Path) -> None:
-    rows = [
-        {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "4", "group": "prompt-0"},
-        {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "5", "group": "prompt-0"},
-        {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "5", "group": "prompt-1"},
-        {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "6"},
-    ]
-    groups = [p["group"] for p in load_data(str(write_jsonl(tmp_path / "g.jsonl", rows)), "pairs").rows]
+GROUPED_PAIRS = [
+    {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "4", "group": "prompt-0"},
+    {"prompt": "Add 1 and 2.", "chosen": "3", "rejected": "5", "group": "prompt-0"},
+    {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "5", "group": "prompt-1"},
+    {"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "6"},
+]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_pairs_naming_a_group_share_it_within_their_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"g{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(GROUPED_PAIRS))
+    else:
+        write_jsonl(path, GROUPED_PAIRS)
+    (tmp_path / "h.jsonl").write_text(json.dumps(GROUPED_PAIRS[0]) + "\n")  # same name, another file
+    groups = [p["group"] for p in load_data(str(tmp_path), "pairs").rows]
     assert groups[0] == groups[1] != groups[2] != groups[3]
-    assert groups[3].endswith("g.jsonl:4")
+    assert groups[4] != groups[0]
+    assert groups[3].endswith({".jsonl": "g.jsonl:4", ".json": "g.json[3]"}[suffix])
 
 
 def test_unusable_rows_are_dropped_and_counted(tmp_path: Path) -> None:

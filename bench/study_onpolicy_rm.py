@@ -84,10 +84,8 @@ def answer_checks(rm: Path, prompts: int = 1200) -> dict[str, float]:
     for line in Path("data/synthetic/eval.jsonl").read_text().splitlines()[:prompts]:
         task = json.loads(line)["prompt"]
         family, answer = parse_task(task)
-        prompt, words = (
-            prompt_text(tokenizer, [{"role": "user", "content": task}]),
-            task.split(":")[-1].split(),
-        )
+        prompt = prompt_text(tokenizer, [{"role": "user", "content": task}])
+        words, reverse_sorted = task.split(":")[-1].split(), " ".join(sorted(answer.split(), reverse=True))
         if family == "last":
             checks["last_vs_first"].append((prompt, answer, words[0]))
             checks["last_vs_absent_word"].append(
@@ -96,10 +94,8 @@ def answer_checks(rm: Path, prompts: int = 1200) -> dict[str, float]:
             checks["last_vs_nothing"].append((prompt, answer, ""))
         elif family == "count":
             checks["count_vs_one_more"].append((prompt, answer, str(int(answer) + 1)))
-        elif family == "sort" and answer != " ".join(sorted(answer.split(), reverse=True)):
-            checks["sorted_vs_reversed"].append(
-                (prompt, answer, " ".join(sorted(answer.split(), reverse=True)))
-            )
+        elif family == "sort" and answer != reverse_sorted:
+            checks["sorted_vs_reversed"].append((prompt, answer, reverse_sorted))
     results = {}
     for name, items in checks.items():
         prompts_ = [prompt for prompt, _, _ in items]
@@ -109,6 +105,11 @@ def answer_checks(rm: Path, prompts: int = 1200) -> dict[str, float]:
     return results
 
 
+def ppo_output(work: Path, beta: float, seed: int) -> Path:
+    """Where PPO at `beta` with `seed` writes (seed 0 unsuffixed)."""
+    return work / f"ppo-beta{beta}" if seed == 0 else work / f"ppo-beta{beta}-seed{seed}"
+
+
 def ppo_against(rm: Path, sft: Path, runs: list[tuple[float, int]], work: Path) -> dict:
     """PPO by the tiny recipe against `rm` for each (KL coefficient, seed): gold and RM-score gains over
     the SFT policy scored by the same RM, and per coefficient their spread over seeds."""
@@ -116,7 +117,7 @@ def ppo_against(rm: Path, sft: Path, runs: list[tuple[float, int]], work: Path) 
     sft_figures = evaluate(sft, rm, sft, work / "sft-eval.json")
     per_beta: dict[str, dict[str, dict]] = defaultdict(dict)
     for beta, seed in runs:
-        output = work / f"ppo-beta{beta}" if seed == 0 else work / f"ppo-beta{beta}-seed{seed}"
+        output = ppo_output(work, beta, seed)
         if not (output / "manifest.json").exists():
             ppo = ["ppo", "--recipe", "recipes/tiny/ppo.yaml", "--model", str(sft), "--reward-model", str(rm)]
             align(*ppo, "--kl-coef", str(beta), "--seed", str(seed), "--output", str(output))
@@ -193,7 +194,7 @@ def main() -> None:
     ppo = {"onpolicy_rm": ppo_against(rms["onpolicy_rm"], sft, runs, work)}
     sources, policies_dir = {"sft": pairs}, work
     for refresh in range(1, args.refreshes + 1):
-        policies = [policies_dir / f"ppo-beta{beta}" for beta in (args.low_beta, args.beta)]
+        policies = [ppo_output(policies_dir, beta, args.seeds[0]) for beta in (args.low_beta, args.beta)]
         policies_dir = work / f"refresh{refresh}"
         rms[f"refresh{refresh}_rm"] = refreshed_rm(sft, sources, policies, policies_dir)
         ppo[f"refresh{refresh}_rm"] = ppo_against(rms[f"refresh{refresh}_rm"], sft, runs, policies_dir)

@@ -55,6 +55,7 @@ results: setup
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
 	$(BIN)/python bench/study_rm.py --runs $(RUNS) --out results/reward_model.json
 	$(BIN)/python bench/study_onpolicy_rm.py --runs $(RUNS) --out results/onpolicy_rm.json
+	$(BIN)/python bench/gpt2_chain.py --size gpt2 --out results/gpt2_chain.json
 
 # Speed and memory against plain transformers in the same run, one JSON line each (also kept in results/).
 BENCH := set -o pipefail; $(BIN)/python

@@ -109,11 +109,15 @@ def _stage(
         import importlib
 
         from align import config as config_module
+        from align.distributed import close_process_group
 
         cfg = config_module.build_config(getattr(config_module, config_cls), recipe, flags, sets)
         _quiet_libraries()
         module_name, _, function = run.partition(":")
-        artifact = getattr(importlib.import_module(module_name), function)(cfg, resume=resume)
+        try:
+            artifact = getattr(importlib.import_module(module_name), function)(cfg, resume=resume)
+        finally:
+            close_process_group()
         typer.echo(str(artifact.path))
 
     _handle(action)
@@ -277,6 +281,9 @@ def ppo(
     resume: Resume = False,
     reward_model: RewardModelArtifact = None,
     reward: RewardFunction = None,
+    validation_reward: Annotated[
+        str | None, typer.Option(help="`module:function` scoring each step's rollouts, never optimised.")
+    ] = None,
     prompts: Prompts = None,
     steps: Annotated[int | None, typer.Option(help="PPO iterations (ppo.steps).")] = None,
     lr: LearningRate = None,
@@ -293,6 +300,7 @@ def ppo(
         "output": output,
         "reward_model": reward_model,
         "reward": reward,
+        "validation_reward": validation_reward,
         "prompts": prompts,
         "critic": critic,
         "trust_remote_code": trust_remote_code,
@@ -501,6 +509,9 @@ def pipeline(
     ],
     start: Annotated[str | None, typer.Option("--from", help="Rerun from this stage on.")] = None,
     only: Annotated[str | None, typer.Option(help="Run just this stage.")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run", help="Directory of the artifacts (default: the recipe's `run`).")
+    ] = None,
 ) -> None:
     """Run the recipe's stages in order, skipping those whose config, inputs and data are unchanged."""
 
@@ -508,7 +519,8 @@ def pipeline(
         _quiet_libraries()
         from align.pipeline import run
 
-        for result in run(recipe, start, only, report=lambda line: typer.echo(line, err=True)):
+        report = lambda line: typer.echo(line, err=True)  # noqa: E731
+        for result in run(recipe, start, only, report=report, root=run_dir):
             typer.echo(f"{result.stage}\t{result.path}\t{'skipped' if result.skipped else 'ran'}")
 
     _handle(action)
@@ -532,6 +544,9 @@ def eval_command(
     reference: Annotated[str | None, typer.Option(help="KL reference (default: the SFT parent).")] = None,
     best_of_n: Annotated[
         list[int] | None, typer.Option(help="Best-of-n baseline picked by --reward-model (repeatable).")
+    ] = None,
+    shortest_of_n: Annotated[
+        list[int] | None, typer.Option(help="Shortest-of-n baseline: does saying less win? (repeatable).")
     ] = None,
     perplexity_data: Annotated[str | None, typer.Option(help="Text set to report perplexity on.")] = None,
     judge: Annotated[
@@ -557,6 +572,7 @@ def eval_command(
             "reward_model": reward_model,
             "reference": reference,
             "best_of_n": best_of_n or None,
+            "shortest_of_n": shortest_of_n or None,
             "perplexity_data": perplexity_data,
         }
         cfg = build_config(EvalConfig, recipe, flags, sets)
@@ -883,6 +899,10 @@ def _print_results(model: str, results: dict[str, Any]) -> None:
     console.print(table)
     if "kl_to_reference" in results:
         console.print(f"KL to {results['reference']}: {results['kl_to_reference']:.3f} nats per response")
+    for name in ("sampled", "greedy"):
+        if f"flaws_{name}" in results:
+            shares = ", ".join(f"{kind} {share:.2f}" for kind, share in results[f"flaws_{name}"].items())
+            console.print(f"responses ({name}): {shares}")
     extras = {
         k: v for k, v in results.items() if k.startswith(("best_of_", "bleu_", "rougeL_", "text_perplexity"))
     }

@@ -291,6 +291,7 @@ class PPOSettings:
     vf_coef: float = 0.1
     max_grad_norm: float = 1.0
     stop_kl: float | None = None  # end an update's epochs early when approx-KL passes this
+    allow_ratio_mismatch: bool = False  # train on although the first minibatch's ratio is not 1 (loop.py)
     ptx_coef: float = 0.0  # PPO-ptx (InstructGPT): weight of the LM loss on ptx_data rows in each update
     ptx_batch_size: int = 8  # ptx_data rows per minibatch
     seed: int = 0
@@ -333,6 +334,9 @@ class PPOConfig:
     model: str = ""  # SFT artifact (the policy and, adapters disabled, the reference)
     reward_model: str | None = None  # RM artifact
     reward: str | None = None  # or a Python reward `module:function`
+    validation_reward: str | None = (
+        None  # a `module:function` that scores each step's rollouts, never optimised
+    )
     prompts: str = ""  # prompts file (or a pairs/sft file: its prompts)
     ptx_data: str | None = None  # SFT data (demonstrations) whose LM loss PPO-ptx mixes in
     output: str = ""
@@ -426,6 +430,7 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     best_of_n: list[int] = field(default_factory=list)  # best-of-n baselines (needs reward_model)
+    shortest_of_n: list[int] = field(default_factory=list)  # the shortest of n samples: does saying less win?
     perplexity_data: str | None = None  # a text set whose perplexity is reported
     write_manifest: bool = True  # store the figures in the artifact's manifest metrics
 
@@ -435,7 +440,7 @@ class EvalConfig:
         _require(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.limit is None or self.limit >= 1, "limit must be >= 1")
-        _require(all(n >= 2 for n in self.best_of_n), "best_of_n values must be >= 2")
+        _require(all(n >= 2 for n in self.best_of_n + self.shortest_of_n), "best_of_n values must be >= 2")
         _require(not self.best_of_n or bool(self.reward_model), "best_of_n needs a reward_model to pick with")
 
 

@@ -118,9 +118,10 @@ def lora_config(settings: LoraSettings, model: PreTrainedModel, task_type: str =
     )
 
 
-def save_adapter(model: Any, model_dir: Path, source: ModelSource) -> None:
-    """Save a LoRA adapter whose config names its base portably (hub id, or relative to model/)."""
-    model.save_pretrained(str(model_dir))
+def save_adapter(model: Any, model_dir: Path, source: ModelSource, weights: dict | None = None) -> None:
+    """Save a LoRA adapter whose config names its base portably (hub id, or relative to model/);
+    `weights` when the model's own tensors are shards (FSDP)."""
+    model.save_pretrained(str(model_dir), state_dict=weights)
     config_path = model_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
     if source.artifact is not None:
@@ -131,12 +132,20 @@ def save_adapter(model: Any, model_dir: Path, source: ModelSource) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
-def save_policy(model: Any, tokenizer: Any, writer: ArtifactWriter, source: ModelSource, lora: bool) -> None:
-    """Write a policy artifact's model/ (adapter or full weights, plus tokenizer) and record its base."""
+def save_policy(
+    model: Any,
+    tokenizer: Any,
+    writer: ArtifactWriter,
+    source: ModelSource,
+    lora: bool,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write a policy artifact's model/ (adapter or full weights, plus tokenizer) and record its base;
+    `weights` replaces the model's own tensors when those are shards (FSDP)."""
     if lora:
-        save_adapter(model, writer.model_dir, source)
+        save_adapter(model, writer.model_dir, source, weights)
     else:
-        model.save_pretrained(str(writer.model_dir))
+        model.save_pretrained(str(writer.model_dir), state_dict=weights)
     tokenizer.save_pretrained(str(writer.model_dir))
     writer.extra["model_format"] = "lora" if lora else "full"
     record_base(writer, source)
@@ -147,6 +156,23 @@ def record_base(writer: ArtifactWriter, source: ModelSource) -> None:
     if source.artifact is not None:
         writer.add_parent(source.artifact)
     writer.base_model = source.record()
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability in `model` to 0 and return how many were above it. The config's
+    `*_pdrop` fields are read once, when the modules are built, so editing the config afterwards does
+    nothing: the `nn.Dropout` modules (LoRA's included) are changed, and so are the float
+    `attention_dropout`-style attributes that attention implementations read at call time."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if name.endswith("dropout") and isinstance(value, float):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return changed
 
 
 def pick_device() -> torch.device:

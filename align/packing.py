@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from align.distributed import is_sharded
 from align.errors import ConfigError
 
 # Packed rows hold at least this many tokens (or the longest sequence): longer rows waste less padding,
@@ -104,8 +105,9 @@ class PackedLayout:
 
     def logits(self, model: Any) -> torch.Tensor:
         """The head runs on the gathered final hidden states only (the LM computes one position's
-        logits); models that transform logits after the head get every position's logits instead."""
-        if _transforms_logits(model):
+        logits); models that transform logits after the head, and FSDP-sharded ones (whose head weight
+        is gathered only inside their forward), get every position's logits instead."""
+        if _transforms_logits(model) or is_sharded(model):
             return self.gather(model(**self.inputs()).logits)
         hidden = model(**self.inputs(), output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
         return _output_head(model)(self.gather(hidden))

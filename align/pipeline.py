@@ -56,12 +56,14 @@ def run(
     start: str | None = None,
     only: str | None = None,
     report: Callable[[str], None] = print,
+    root: str | Path | None = None,
 ) -> list[StageResult]:
+    """Run the stages of `recipe` into `root` (default: the recipe's `run`)."""
     spec = load_recipe(recipe)
     unknown = set(spec) - {"run", "stages", "set"}
     if unknown:
         raise ConfigError(f"{recipe}: unknown pipeline key(s) {sorted(unknown)} (known: run, stages, set)")
-    root = Path(spec.get("run") or "runs/pipeline")
+    root = Path(root or spec.get("run") or "runs/pipeline")
     stages = spec.get("stages") or {}
     bad = [s for s in stages if s not in ORDER]
     if bad:

@@ -33,12 +33,12 @@ class RewardModel:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
+    def load(cls, path: str | Path | Artifact, device: str | torch.device | None = None) -> RewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from align.models import load_pretrained, pick_device
 
-        artifact = load_artifact(path, expect_stage="rm")
+        artifact = path if isinstance(path, Artifact) else load_artifact(path, expect_stage="rm")
         model = load_pretrained(AutoModelForSequenceClassification, artifact.model_dir, "a reward model")
         tokenizer = AutoTokenizer.from_pretrained(artifact.model_dir)
         return cls(model.to(device or pick_device()), tokenizer, artifact)
@@ -70,11 +70,12 @@ def load_judge(
     reward_model: str | None, reward: str | None, device: str | torch.device | None = None
 ) -> tuple[Artifact | None, RewardFn]:
     """The reward an online stage optimises or a labeller ranks with: an RM artifact (returned too, for
-    the lineage) or an explicitly named Python `module:function`, checked against the protocol."""
+    the lineage, and loaded as a `RewardModel`) or an explicitly named Python `module:function`, checked
+    against the protocol."""
     if reward is not None:
-        return None, checked(load_reward_function(reward), reward)
+        return None, load_reward_function(reward)
     artifact = load_artifact(reward_model, expect_stage="rm")
-    return artifact, RewardModel.load(artifact.path, device=device).score
+    return artifact, RewardModel.load(artifact, device=device)
 
 
 def load_reward_function(spec: str) -> RewardFn:

@@ -1,10 +1,10 @@
 """GPT-2 decoding over a preallocated KV cache, written as plain tensor ops.
 
 Per generated token, `transformers`' GPT-2 forward spends most of its time outside the matmuls (module
-calls, mask building, cache bookkeeping): for the ~2M-parameter models of the offline default that is
-about 80 % of a step on CPU. This module reads the (LoRA-merged) weights once and runs each decode step
-as ~10 fused tensor ops per layer against a cache allocated for the whole rollout, writing keys and
-values in place. The arithmetic is GPT-2's own (pre-LayerNorm blocks, scaled dot-product attention,
+calls, mask building, cache bookkeeping). This module reads the weights once per rollout and runs each
+decode step as ~10 fused tensor ops per layer against a cache allocated for the whole rollout, writing
+keys and values in place. A LoRA adapter is folded into copies of the weights it adapts (out of place:
+the frozen base, which is also PPO's reference, stays bit-exact), and FSDP2 shards are gathered first. The arithmetic is GPT-2's own (pre-LayerNorm blocks, scaled dot-product attention,
 tied LM head), so the logits equal the reference forward's to float rounding (tested), and tokens are
 drawn by the rollout engine's sampler.
 """
@@ -18,6 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
+
+from align.distributed import full_tensor
+from align.errors import ConfigError
 
 
 def supports(model: Any) -> bool:
@@ -47,9 +50,27 @@ class _Layer:
 
 
 def _weights(module: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Conv1D's weight and bias, looking through a LoRA wrapper (whose adapter is merged by then)."""
+    """A Conv1D's weight and bias as the decoder reads them: a LoRA wrapper's active adapters added to a
+    copy of its base weight (B A scaled, transposed into Conv1D's [in, out] layout)."""
     base = getattr(module, "base_layer", module)
-    return base.weight, base.bias
+    weight, bias = full_tensor(base.weight), full_tensor(base.bias)
+    if base is module or module.disable_adapters or module.merged:
+        return weight, bias
+    for adapter in module.active_adapters:
+        if adapter not in module.lora_A:
+            continue
+        if module.use_dora.get(adapter):
+            raise ConfigError(
+                "ppo.rollout_engine=lean folds plain LoRA only; use rollout_engine=generate with DoRA"
+            )
+        delta = full_tensor(module.lora_B[adapter].weight) @ full_tensor(module.lora_A[adapter].weight)
+        delta = delta * module.scaling[adapter]
+        weight = weight + (delta.t() if module.fan_in_fan_out else delta)
+    return weight, bias
+
+
+def _norm(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return full_tensor(layer.weight), full_tensor(layer.bias)
 
 
 def _activation(name: str) -> Any:
@@ -61,7 +82,7 @@ def _activation(name: str) -> Any:
 
 
 class StaticGPT2:
-    """Functional view of a GPT-2 LM: reads the live parameters, so it stays in sync with training."""
+    """Functional view of a GPT-2 LM, built for one rollout from the weights it has at that moment."""
 
     def __init__(self, model: Any):
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -71,15 +92,16 @@ class StaticGPT2:
         self.head_dim = config.n_embd // config.n_head
         self.eps = config.layer_norm_epsilon
         self.act = _activation(config.activation_function)
-        self.wte, self.wpe = trunk.wte.weight, trunk.wpe.weight
-        self.lm_head = lm.lm_head.weight
-        self.ln_f = (trunk.ln_f.weight, trunk.ln_f.bias)
+        self.wte, self.wpe = full_tensor(trunk.wte.weight), full_tensor(trunk.wpe.weight)
+        head = lm.lm_head.weight
+        self.lm_head = self.wte if head is trunk.wte.weight else full_tensor(head)
+        self.ln_f = _norm(trunk.ln_f)
         self.layers = [
             _Layer(
-                (block.ln_1.weight, block.ln_1.bias),
+                _norm(block.ln_1),
                 *_weights(block.attn.c_attn),
                 *_weights(block.attn.c_proj),
-                (block.ln_2.weight, block.ln_2.bias),
+                _norm(block.ln_2),
                 *_weights(block.mlp.c_fc),
                 *_weights(block.mlp.c_proj),
             )

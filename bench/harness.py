@@ -68,15 +68,14 @@ def machine(device: torch.device) -> str:
 def gpt2_config(size: str, **overrides: Any) -> Any:
     from transformers import GPT2Config
 
-    return GPT2Config(
-        **SIZES[size],
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        **overrides,
-    )
+    settings = {
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
+    return GPT2Config(**{**SIZES[size], **settings, **overrides})
 
 
 def random_gpt2(size: str) -> Any:
@@ -87,18 +86,33 @@ def random_gpt2(size: str) -> Any:
     return GPT2LMHeadModel(gpt2_config(size)).eval()
 
 
-def random_model_dir(size: str, root: Path) -> Path:
-    """A local HF model directory (random GPT-2 of `size`, a small BPE tokenizer) that `--model` accepts."""
+def random_model_dir(
+    size: str, root: Path, hub_defaults: bool = False, texts: list[str] | None = None
+) -> Path:
+    """A local HF model directory (random GPT-2 of `size`, a small BPE tokenizer) that `--model` accepts.
+    With `hub_defaults`, laid out as a hub GPT-2 checkpoint is: dropout 0.1 in its three places, and a
+    byte-level BPE whose only special token is `<|endoftext|>` (no pad token, no chat template)."""
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
     from align.config import TokenizerSettings
     from align.tokenizer import train_tokenizer
 
     directory = root / size
-    rows = [json.loads(line) for line in Path("data/synthetic/sft.jsonl").read_text().splitlines()[:2000]]
-    texts = [row["prompt"] + " " + row["completion"] for row in rows]
+    if texts is None:
+        rows = [json.loads(line) for line in Path("data/synthetic/sft.jsonl").read_text().splitlines()[:2000]]
+        texts = [row["prompt"] + " " + row["completion"] for row in rows]
     tokenizer = train_tokenizer(texts, TokenizerSettings(vocab_size=1024))
-    model = random_gpt2(size)
-    model.config.eos_token_id = model.config.pad_token_id = tokenizer.eos_token_id
-    model.save_pretrained(directory)
+    if hub_defaults:
+        eos = tokenizer.eos_token
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer.backend_tokenizer, bos_token=eos, eos_token=eos, unk_token=eos
+        )
+    torch.manual_seed(0)
+    dropout = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1) if hub_defaults else {}
+    config = gpt2_config(size, **dropout)  # the size's own vocabulary, at least the tokenizer's
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = None if hub_defaults else tokenizer.eos_token_id
+    GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

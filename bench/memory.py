@@ -2,7 +2,7 @@
 
     python bench/memory.py [--device cpu|cuda] [--size gpt2|tiny|...]
 
-Ours is what `align ppo` builds with its own functions (`build_policy`, `build_critic`): the policy
+Ours is what `align ppo` builds with its own function (`networks.build`): the policy
 with a LoRA adapter whose reference is the same weights with the adapter off, and the critic as a
 LoRA adapter plus value head on the reward model's trunk, so two trunks. The naive layout holds the
 policy, a frozen reference, a critic and the RM as four full models, policy and critic trained in
@@ -43,7 +43,7 @@ def ours(size: str, device: torch.device, root: Path) -> tuple[dict[str, int], l
     from align.config import PPOConfig, build_config
     from align.models import fuse_activations, load_tokenizer, resolve_model
     from align.rewards import RewardModel
-    from align.stages.ppo.modules import build_critic, build_policy
+    from align.stages.ppo.networks import build
 
     policy_dir = random_model_dir(size, root)
     config = build_config(
@@ -58,11 +58,10 @@ def ours(size: str, device: torch.device, root: Path) -> tuple[dict[str, int], l
         AutoModelForSequenceClassification.from_config(gpt2_config(size, num_labels=1))
     )
     scorer = RewardModel(rm_model.to(device), tokenizer)
-    policy, reference = build_policy(config, source, device)
-    critic, layout, _ = build_critic(config, source, tokenizer, scorer, device)
-    with reference() as reference_model:
-        weights, adam = tensor_bytes(policy, reference_model, critic, scorer.model)
-    return {"layout": layout, "weights_bytes": weights, "adam_bytes": adam}, policy
+    networks = build(config, source, tokenizer, scorer, device, sharded=False)
+    with networks.reference() as reference_model:
+        weights, adam = tensor_bytes(networks.policy, reference_model, networks.critic, scorer.model)
+    return {"layout": networks.layout, "weights_bytes": weights, "adam_bytes": adam}, networks.policy
 
 
 def naive(policy: torch.nn.Module, size: str) -> dict[str, int]:

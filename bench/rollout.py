@@ -69,7 +69,7 @@ def main() -> None:
         for name, engine in engines.items():
             _sync(device)
             start = time.perf_counter()
-            engine.sample(model, queries, mask)
+            engine.sample(model, queries, mask, torch.rand(queries.shape[0], args.new_tokens, device=device))
             _sync(device)
             seconds[name].append(time.perf_counter() - start)
     tokens = args.batch * args.new_tokens

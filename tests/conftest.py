@@ -172,6 +172,60 @@ def micro_evaluated(
     return micro_runs
 
 
+HUB_DROPOUT = {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}  # what hub GPT-2 configs carry
+
+
+def save_hub_layout(model, tokenizer, output: Path) -> Path:
+    """`model` and `tokenizer` as a hub GPT-2 checkpoint looks: dropout 0.1 in its three places, and a
+    tokenizer with no pad token of its own and no chat template (`align` then pads with the EOS)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    config = GPT2Config(**{**model.config.to_dict(), **HUB_DROPOUT, "pad_token_id": None})
+    hub = GPT2LMHeadModel(config)
+    hub.load_state_dict(model.state_dict())
+    hub.save_pretrained(output)
+    eos = tokenizer.eos_token
+    bare = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, bos_token=eos, eos_token=eos, unk_token=eos
+    )
+    bare.save_pretrained(output)
+    return output
+
+
+@pytest.fixture(scope="session")
+def micro_hub_sft(micro_sft: Path, micro_runs: Path) -> Path:
+    """The micro SFT policy saved as a local hub-layout GPT-2 directory with hub defaults (dropout 0.1,
+    pad = EOS): the settings every user of a hub GPT-2 meets."""
+    from align.models import load_policy, load_tokenizer, resolve_model
+
+    source = resolve_model(str(micro_sft))
+    return save_hub_layout(load_policy(source), load_tokenizer(source), micro_runs / "hub_sft")
+
+
+@pytest.fixture(scope="session")
+def micro_hub_rm(micro_hub_sft: Path, micro_runs: Path) -> Path:
+    """A reward model trained briefly from the hub-layout policy: it inherits dropout 0.1, and its
+    tokenizer gains a distinct pad token."""
+    output = micro_runs / "hub_rm"
+    result = invoke(
+        CliRunner(),
+        "rm",
+        "--recipe",
+        REPO / "recipes/tiny/rm.yaml",
+        "--model",
+        micro_hub_sft,
+        "--output",
+        output,
+        "--max-steps",
+        "40",
+        "--lr",
+        "2e-3",
+        *sets("limit=600", "train.save_steps=0", "eval_fraction=0"),
+    )
+    assert result.exit_code == 0, result.output
+    return output
+
+
 def train_rm_briefly(runner: CliRunner, model: Path, data: Path, output: Path) -> None:
     """`align rm` for two steps on a pairs source: proves the source is training data the RM stage takes."""
     result = invoke(
@@ -188,6 +242,16 @@ def train_rm_briefly(runner: CliRunner, model: Path, data: Path, output: Path) -
         *sets("eval_fraction=0", "train.save_steps=0"),
     )
     assert result.exit_code == 0, result.output
+
+
+def logged_steps(artifact: Path) -> list[dict]:
+    """The rows of an artifact's logs/metrics.jsonl."""
+    return [json.loads(line) for line in (artifact / "logs/metrics.jsonl").read_text().splitlines()]
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    """Logged rows without the figures that measure time (what a bit-for-bit comparison can ask for)."""
+    return [{k: v for k, v in r.items() if "seconds" not in k and k != "tokens_per_second"} for r in rows]
 
 
 def sets(*assignments: str) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from align.artifacts import load_artifact
-from tests.conftest import REPO, sets, synthetic_sft_rows, write_jsonl
+from tests.conftest import REPO, logged_steps, sets, synthetic_sft_rows, untimed, write_jsonl
 
 FAST = sets("train.logging_steps=10", "train.eval_steps=0", "max_length=96")
 STAGES = {
@@ -116,6 +116,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
         assert again[key] == pytest.approx(straight[key], rel=1e-4), key
     if stage != "ppo":
         assert again["resumed_from"] not in (None, torn_name)
+    else:  # our loop resumes bit for bit on CPU: every untimed figure of every step, and the weights
+        logged = [untimed(logged_steps(path)) for path in (killed, tmp_path / "straight")]
+        assert logged[0] == logged[1]
+        adapter = "model/adapter_model.safetensors"
+        assert (killed / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()
     rows = [json.loads(line) for line in (killed / "logs/metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r or "score" in r]
     assert steps == sorted(set(steps))  # the log has each step once, in order

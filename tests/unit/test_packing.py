@@ -9,7 +9,7 @@ from torch import nn
 from align import packing
 from align.errors import ConfigError
 from align.generation import response_logprobs
-from align.stages.ppo.modules import ValueModel
+from align.stages.ppo.networks import ValueModel
 from tests.conftest import random_llama
 
 VOCAB = 50

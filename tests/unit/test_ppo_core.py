@@ -69,9 +69,31 @@ def test_clipped_losses_by_hand() -> None:
     assert stats.policy_loss.item() == pytest.approx((-1.2 + 0.8) / 2)
     # token 0: max((1-2)^2, (0.2-2)^2) = 3.24; token 1: max(0.25, 0.25)
     assert stats.value_loss.item() == pytest.approx(0.5 * (3.24 + 0.25) / 2)
-    assert stats.clip_fraction.item() == pytest.approx(1.0)
+    assert stats.clipfrac.item() == pytest.approx(1.0)
     expected_kl = ((0.5 - math.log(1.5)) + (-0.5 - math.log(0.5))) / 2
-    assert stats.approx_kl.item() == pytest.approx(expected_kl)
+    assert stats.approxkl.item() == pytest.approx(expected_kl)
+    assert stats.max_log_ratio.item() == pytest.approx(math.log(2.0))  # |log 0.5|
+    assert stats.value_clipfrac.item() == pytest.approx(0.5)  # token 0's clipped loss is taken
+
+
+def test_micro_batches_add_up_to_the_minibatch_token_mean() -> None:
+    """Rows with 3 and 1 real tokens: divided by the minibatch's 4 tokens, the two halves' losses sum
+    to the token mean over all 4 (a mean of the halves' own means would weigh the 1-token row 3x)."""
+    torch.manual_seed(0)
+    new, old, advantages = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    values, old_values, returns = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    mask = T([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    args = (new, old, advantages, values, old_values, returns, mask)
+    whole = core.ppo_losses(*args, 0.2, 0.2)
+    halves = [core.ppo_losses(*(a[i : i + 1] for a in args), 0.2, 0.2, token_count=4.0) for i in (0, 1)]
+    for key in ("policy_loss", "value_loss", "approxkl", "clipfrac", "ratio"):
+        assert (getattr(halves[0], key) + getattr(halves[1], key)).item() == pytest.approx(
+            getattr(whole, key).item()
+        ), key
+    own_means = [core.ppo_losses(*(a[i : i + 1] for a in args), 0.2, 0.2) for i in (0, 1)]
+    assert (own_means[0].policy_loss + own_means[1].policy_loss).item() / 2 != pytest.approx(
+        whole.policy_loss.item()
+    )
 
 
 def test_ratio_one_gives_zero_kl_and_no_clipping() -> None:
@@ -88,8 +110,8 @@ def test_ratio_one_gives_zero_kl_and_no_clipping() -> None:
         0.2,
     )
     assert stats.ratio.item() == pytest.approx(1.0)
-    assert stats.approx_kl.item() == pytest.approx(0.0, abs=1e-7)
-    assert stats.clip_fraction.item() == 0.0
+    assert stats.approxkl.item() == pytest.approx(0.0, abs=1e-7)
+    assert stats.clipfrac.item() == 0.0
 
 
 def test_adaptive_kl_controller_follows_ziegler() -> None:

@@ -1,5 +1,118 @@
-"""Our PPO for RLHF (TRL has none any more): core.py the math, rollout.py trajectories, trainer.py the loop."""
+"""PPO-RLHF: the SFT policy optimised against a reward model (or reward function) with a KL penalty.
 
-from align.stages.ppo.trainer import run
+    align ppo --model runs/tiny/sft --reward-model runs/tiny/rm --prompts data/synthetic/ppo.jsonl \\
+              --output runs/tiny/ppo
+
+Our own implementation (TRL has none any more): `core.py` the math as pure functions, `networks.py` the
+models PPO holds, `rollout.py` trajectories, `loop.py` the iterations, `checkpoint.py` resuming.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from align.artifacts import Artifact, ArtifactWriter
+from align.chat import prompt_text
+from align.config import PPOConfig, to_dict
+from align.data import load_data
+from align.distributed import make_accelerator
+from align.errors import ConfigError, DataError
+from align.models import load_tokenizer, resolve_model, save_policy
+from align.packing import check_packing
+from align.rewards import load_judge, load_reward_function
+from align.stages.ppo import networks as ppo_networks
+from align.stages.ppo.checkpoint import full_weights
+from align.stages.ppo.loop import PPOData, PPOLoop
+from align.stages.ppo.networks import trainable
+from align.static_decode import supports
+from align.tokenize import tokenize_sft
+
+
+def run(config: PPOConfig, resume: bool = False) -> Artifact:
+    source = resolve_model(config.model)
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
+    accelerator = make_accelerator()
+    sharded = accelerator.distributed_type.name == "FSDP"
+    torch.manual_seed(config.ppo.seed)
+    judge = load_judge(config.reward_model, config.reward, accelerator.device)[1]
+    networks = ppo_networks.build(config, source, tokenizer, judge, accelerator.device, sharded)
+    context = _context_length(networks.policy.config)
+    prompts, prompt_info = _prompt_texts(config, tokenizer, context)
+    ptx_rows, ptx_info = _ptx_rows(config, tokenizer, context)
+    if config.ppo.packing:
+        check_packing("policy", networks.policy)
+        check_packing("critic", networks.critic)
+    if sharded and config.ppo.rollout_engine == "lean" and not supports(networks.policy):
+        raise ConfigError(
+            "under FSDP the lean rollout engine decodes GPT-2 models only; set ppo.rollout_engine=generate"
+        )
+    with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
+        data = PPOData(prompts, ptx_rows, _validation(config.validation_reward))
+        loop = PPOLoop(config.ppo, networks, data, tokenizer, writer, accelerator)
+        summary = loop.train(resume)
+        summary.update(
+            {
+                "critic": networks.layout,
+                "trainable_policy_parameters": sum(p.numel() for p in trainable(networks.policy)),
+                "trainable_critic_parameters": sum(p.numel() for p in trainable(networks.critic)),
+            }
+        )
+        weights = full_weights(networks.policy)  # every process takes part in gathering FSDP shards
+        if loop.processes.is_main:
+            save_policy(networks.policy, tokenizer, writer, source, config.lora.enabled, weights)
+        writer.data = prompt_info
+        writer.metrics = summary
+        if networks.reward_artifact is not None:
+            writer.add_parent(networks.reward_artifact)
+        writer.extra["reward"] = config.reward or {"stage": "rm"}
+        writer.extra["dropout_disabled"] = networks.dropout_disabled
+        if ptx_info:
+            writer.extra["ptx_data"] = ptx_info
+        return writer.commit()
+
+
+def _validation(spec: str | None) -> tuple[str, Any] | None:
+    """A score-only judge of each step's rollouts, logged under its function's name without `_reward`
+    (`align.data.synthetic:gold_reward` logs `gold`); PPO never optimises it."""
+    if spec is None:
+        return None
+    return spec.partition(":")[2].removesuffix("_reward") or "validation", load_reward_function(spec)
+
+
+def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], dict[str, Any]]:
+    """Rendered prompts; those leaving no room for max_new_tokens in the context are dropped and counted."""
+    data = load_data(config.prompts, "prompts", config.limit)
+    room = context - config.ppo.max_new_tokens
+    texts = [prompt_text(tokenizer, row["prompt"]) for row in data.rows]
+    too_long = {
+        i for i, t in enumerate(texts) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room
+    }
+    data.drop(too_long, f"prompt longer than context - max_new_tokens = {room} tokens")
+    texts = [t for i, t in enumerate(texts) if i not in too_long]
+    if len(texts) < config.ppo.rollouts:
+        raise DataError(
+            f"{config.prompts}: {len(texts)} usable prompts, fewer than ppo.rollouts={config.ppo.rollouts}"
+        )
+    return texts, data.info()
+
+
+def _ptx_rows(
+    config: PPOConfig, tokenizer: Any, context: int
+) -> tuple[list[dict[str, list[int]]], dict | None]:
+    """PPO-ptx's demonstrations, chat-formatted with completion masks (none when ptx is off)."""
+    if not config.ppo.ptx_coef:
+        return [], None
+    data = load_data(config.ptx_data, "sft", config.limit)
+    return tokenize_sft(data, tokenizer, context), data.info()
+
+
+def _context_length(model_config: Any) -> int:
+    for name in ("n_positions", "max_position_embeddings"):
+        if getattr(model_config, name, None):
+            return int(getattr(model_config, name))
+    return 2048
+
 
 __all__ = ["run"]

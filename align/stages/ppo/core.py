@@ -127,10 +127,11 @@ def gae(
 class LossStats:
     policy_loss: torch.Tensor
     value_loss: torch.Tensor
-    approx_kl: torch.Tensor
-    clip_fraction: torch.Tensor
-    value_clip_fraction: torch.Tensor
+    approxkl: torch.Tensor
+    clipfrac: torch.Tensor
+    value_clipfrac: torch.Tensor
     ratio: torch.Tensor
+    max_log_ratio: torch.Tensor  # the largest |log ratio| among the real tokens
 
 
 def ppo_losses(
@@ -143,8 +144,12 @@ def ppo_losses(
     mask: torch.Tensor,
     clip_range: float,
     clip_range_value: float,
+    token_count: torch.Tensor | float | None = None,
 ) -> LossStats:
-    """Clipped surrogate policy loss and clipped value loss, as masked token means."""
+    """Clipped surrogate policy loss and clipped value loss, as sums over the masked tokens divided by
+    `token_count` (default: their number, i.e. masked means). A minibatch split into micro-batches, or
+    over processes, passes the whole minibatch's count, so the parts add up to its token mean."""
+    count = mask.sum().clamp(min=1) if token_count is None else token_count
     log_ratio = (logprobs - old_logprobs) * mask
     ratio = torch.exp(log_ratio)
     policy_losses = torch.max(
@@ -152,20 +157,26 @@ def ppo_losses(
     )
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     value_losses = torch.max((values - returns) ** 2, (clipped_values - returns) ** 2)
+
+    def mean(per_token: torch.Tensor) -> torch.Tensor:
+        return (per_token * mask).sum() / count
+
     with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
-        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_range).float(), mask)
-        value_clip_fraction = masked_mean(
-            ((values - returns) ** 2 < (clipped_values - returns) ** 2).float(), mask
+        stats = (
+            mean((ratio - 1.0) - log_ratio),
+            mean(((ratio - 1.0).abs() > clip_range).float()),
+            # where the clipped value loss is the one taken; tested on the clip itself, since
+            # old + (v - old) is not v in floating point and would count unclipped tokens at random
+            mean(
+                (
+                    ((values - old_values).abs() > clip_range_value)
+                    & (value_losses > (values - returns) ** 2)
+                ).float()
+            ),
+            mean(ratio),
+            (log_ratio.abs() * mask).max() if mask.any() else log_ratio.new_zeros(()),
         )
-    return LossStats(
-        masked_mean(policy_losses, mask),
-        0.5 * masked_mean(value_losses, mask),
-        approx_kl,
-        clip_fraction,
-        value_clip_fraction,
-        masked_mean(ratio.detach(), mask),
-    )
+    return LossStats(mean(policy_losses), 0.5 * mean(value_losses), *stats)
 
 
 def language_model_loss(

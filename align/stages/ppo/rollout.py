@@ -8,14 +8,15 @@ log-softmax, so the update sees exactly the distribution the rollout sampled fro
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from align.distributed import Processes
 from align.generation import decode_response, encode_left_padded, response_logprobs
 from align.packing import batch_layout
 from align.stages.ppo.core import INVALID_LOGPROB, truncate_at_eos
@@ -45,8 +46,11 @@ class Trajectory:
 class Sampler(Protocol):
     """The rollout engine interface: a faster engine can replace plain `generate` behind it."""
 
-    def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        """Sampled response ids [B, T], T <= max_new_tokens (generation ends when every row has stopped)."""
+    def sample(
+        self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor, uniforms: torch.Tensor
+    ) -> torch.Tensor:
+        """Sampled response ids [B, T], T <= max_new_tokens (generation ends when every row has stopped).
+        `uniforms` [B, max_new_tokens] are the random draws of each row (engines that can use them do)."""
         ...
 
 
@@ -64,13 +68,19 @@ class Stepper(Protocol):
 
 @dataclass
 class HFSampler:
+    """`model.generate`, drawing from torch's random state. Under FSDP every process runs the same number
+    of forwards (`synced`), since each forward gathers the shards."""
+
     tokenizer: Any
     temperature: float
     max_new_tokens: int
+    synced: bool = False
     top_k: int = 0  # 0 and 1.0: sample the full distribution the log-probs describe
     top_p: float = 1.0
 
-    def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def sample(
+        self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor, uniforms: torch.Tensor
+    ) -> torch.Tensor:
         from transformers import GenerationConfig
 
         config = GenerationConfig(
@@ -82,36 +92,41 @@ class HFSampler:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        output = model.generate(input_ids=queries, attention_mask=query_mask, generation_config=config)
+        output = model.generate(
+            input_ids=queries, attention_mask=query_mask, generation_config=config, synced_gpus=self.synced
+        )
         return output[:, queries.shape[1] :]
 
 
 @dataclass
 class LeanSampler:
     """The rollout engine: a hand-written decode loop that stops as soon as every row has produced its
-    EOS. GPT-2 models decode through `StaticGPT2` (plain tensor ops over a preallocated KV cache); other
-    architectures step the transformers forward with its own cache. LoRA adapters are merged for the
-    rollout and unmerged afterwards, so decode runs plain matmuls while the update trains the adapters.
-    Tokens follow softmax(fp32 logits / temperature) exactly, as `generate` samples them, but are drawn
-    by `draw` (cheaper than `torch.multinomial`), so the same seed gives different, equally likely tokens."""
+    EOS. GPT-2 models decode through `StaticGPT2` (plain tensor ops over a preallocated KV cache, LoRA
+    folded into copies of the weights, FSDP2 shards gathered); other architectures step the model's own
+    forward (adapters applied as in training) with its own cache. Tokens follow softmax(fp32 logits /
+    temperature) exactly, as `generate` samples them, drawn by `draw` from each row's own uniforms, so a
+    row's sample does not depend on which other rows share its batch or process."""
 
     tokenizer: Any
     temperature: float
     max_new_tokens: int
 
     @torch.no_grad()
-    def sample(self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        with _merged_adapters(model):
-            stepper = StaticStepper(model, self.max_new_tokens) if supports(model) else _ModelStepper(model)
-            return self._decode(stepper, queries, query_mask)
+    def sample(
+        self, model: Any, queries: torch.Tensor, query_mask: torch.Tensor, uniforms: torch.Tensor
+    ) -> torch.Tensor:
+        stepper = StaticStepper(model, self.max_new_tokens) if supports(model) else _ModelStepper(model)
+        return self._decode(stepper, queries, query_mask, uniforms)
 
-    def _decode(self, stepper: Stepper, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def _decode(
+        self, stepper: Stepper, queries: torch.Tensor, query_mask: torch.Tensor, uniforms: torch.Tensor
+    ) -> torch.Tensor:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         logits = stepper.start(queries, query_mask)
         finished = torch.zeros(queries.shape[0], dtype=torch.bool, device=queries.device)
         tokens = []
         for step in range(self.max_new_tokens):
-            token = draw(torch.softmax(logits.float() / self.temperature, dim=-1))
+            token = draw(torch.softmax(logits.float() / self.temperature, dim=-1), uniforms[:, step])
             token = torch.where(finished, torch.full_like(token, pad), token)
             tokens.append(token)
             finished |= token == eos
@@ -121,13 +136,21 @@ class LeanSampler:
         return torch.stack(tokens, dim=1)
 
 
-def draw(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of `probs` [B, V] by inverse-CDF sampling: a uniform draw located in the row's
-    cumulative sum. The distribution of `torch.multinomial` at a tenth of its cost on CPU (one uniform
-    per row instead of one exponential per vocabulary entry); a zero-probability token is never drawn."""
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of `probs` [B, V] by inverse-CDF sampling: the row's uniform `uniform` [B]
+    located in its cumulative sum. The distribution of `torch.multinomial` at a tenth of its cost on CPU
+    (one uniform per row instead of one exponential per vocabulary entry); a zero-probability token is
+    never drawn."""
     cdf = probs.cumsum(dim=-1)
-    target = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    target = uniform.to(cdf)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+
+
+def rollout_uniforms(seed: int, step: int, rows: int, tokens: int) -> torch.Tensor:
+    """The random draws of a whole step's rollouts [rows, tokens], keyed by (seed, step) alone: global
+    row g gets row g whatever the number of processes, and a resumed run gets the same draws."""
+    key = int.from_bytes(hashlib.sha256(f"{seed}:{step}".encode()).digest()[:8], "little")
+    return torch.rand(rows, tokens, generator=torch.Generator().manual_seed(key))
 
 
 class _ModelStepper:
@@ -159,83 +182,105 @@ class _ModelStepper:
         return out.logits[:, -1, :]
 
 
-@contextmanager
-def _merged_adapters(model: Any) -> Iterator[None]:
-    """LoRA folded into the weights for the duration of a rollout (a no-op for a plain model). Unmerging
-    restores the base weights up to float rounding (within 1e-6 here, tested)."""
-    if not hasattr(model, "merge_adapter"):
-        yield
-        return
-    model.merge_adapter()
-    try:
-        yield
-    finally:
-        model.unmerge_adapter()
+@dataclass
+class Rollout:
+    """Steps 1-4 of a PPO iteration for this process's prompts: sample, truncate at EOS, score every
+    token with the policy, the reference and the critic, score the responses."""
+
+    policy: Any
+    reference: Callable[[], Any]  # a context yielding the reference model
+    critic: Any
+    reward: Callable[[list[str], list[str]], list[float]]
+    sampler: Sampler
+    tokenizer: Any
+    temperature: float
+    missing_eos_penalty: float | None
+    packing: bool
+
+    @torch.no_grad()
+    def collect(self, prompt_texts: list[str], uniforms: torch.Tensor) -> Trajectory:
+        tokenizer, clock = self.tokenizer, _Clock()
+        device = next(self.critic.parameters()).device
+        queries = encode_left_padded(tokenizer, prompt_texts, device)
+        query_length = queries["input_ids"].shape[1]
+        # 1. sample
+        raw = self.sampler.sample(
+            self.policy, queries["input_ids"], queries["attention_mask"], uniforms.to(device)
+        )
+        clock.lap("generation")
+        # 2. cut each response after its first EOS; later tokens become padding and leave the mask
+        responses, mask = truncate_at_eos(raw, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+        width = int(mask.sum(1).max().item())  # drop columns that are padding in every row
+        responses, mask = responses[:, :width], mask[:, :width]
+        query_responses = torch.cat([queries["input_ids"], responses], dim=1)
+        attention_mask = torch.cat([queries["attention_mask"], mask.long()], dim=1)
+        # 3. per-token log-probs (policy, reference) and values
+        batch = batch_layout(query_responses, attention_mask, query_length, self.packing)
+        logprobs, entropy = response_logprobs(self.policy, batch, self.temperature)
+        with self.reference() as reference_model:
+            ref_logprobs, _ = response_logprobs(reference_model, batch, self.temperature)
+        values = batch.gather(self.critic(**batch.inputs())).float()
+        invalid = mask == 0
+        logprobs, ref_logprobs = (
+            logprobs.masked_fill(invalid, INVALID_LOGPROB),
+            ref_logprobs.masked_fill(invalid, INVALID_LOGPROB),
+        )
+        values, entropy = values.masked_fill(invalid, 0.0), entropy.masked_fill(invalid, 0.0)
+        clock.lap("forward")
+        # 4. score the decoded responses (EOS text kept, so rewards can tell finished from cut off)
+        response_texts = [decode_response(tokenizer, row) for row in raw.tolist()]
+        raw_scores = torch.tensor(
+            self.reward(prompt_texts, response_texts), dtype=torch.float32, device=device
+        )
+        ended = torch.tensor([t.endswith(tokenizer.eos_token) for t in response_texts], device=device)
+        scores = raw_scores.clone()
+        if self.missing_eos_penalty is not None:
+            scores = torch.where(ended, scores, scores - self.missing_eos_penalty)
+        clock.lap("reward")
+        return Trajectory(
+            query_responses,
+            attention_mask,
+            query_length,
+            mask,
+            logprobs,
+            ref_logprobs,
+            values,
+            entropy,
+            scores,
+            raw_scores,
+            ended,
+            prompt_texts,
+            response_texts,
+            clock.seconds,
+        )
 
 
-@torch.no_grad()
-def collect(
-    policy: Any,
-    reference: Callable[[], Any],
-    critic: Any,
-    reward: Callable[[list[str], list[str]], list[float]],
-    sampler: Sampler,
-    tokenizer: Any,
-    prompt_texts: list[str],
-    temperature: float,
-    missing_eos_penalty: float | None,
-    device: torch.device,
-    packing: bool,
-) -> Trajectory:
-    """Steps 1-4 of a PPO iteration: sample, truncate at EOS, score tokens, score responses."""
-    clock = _Clock()
-    queries = encode_left_padded(tokenizer, prompt_texts, device)
-    query_length = queries["input_ids"].shape[1]
-    # 1. sample
-    raw = sampler.sample(policy, queries["input_ids"], queries["attention_mask"])
-    clock.lap("generation")
-    # 2. cut each response after its first EOS; later tokens become padding and leave the mask
-    responses, mask = truncate_at_eos(raw, [tokenizer.eos_token_id], tokenizer.pad_token_id)
-    width = int(mask.sum(1).max().item())  # drop columns that are padding in every row
-    responses, mask = responses[:, :width], mask[:, :width]
-    query_responses = torch.cat([queries["input_ids"], responses], dim=1)
-    attention_mask = torch.cat([queries["attention_mask"], mask.long()], dim=1)
-    # 3. per-token log-probs (policy, reference) and values
-    batch = batch_layout(query_responses, attention_mask, query_length, packing)
-    logprobs, entropy = response_logprobs(policy, batch, temperature)
-    with reference() as reference_model:
-        ref_logprobs, _ = response_logprobs(reference_model, batch, temperature)
-    values = batch.gather(critic(**batch.inputs())).float()
-    invalid = mask == 0
-    logprobs, ref_logprobs = (
-        logprobs.masked_fill(invalid, INVALID_LOGPROB),
-        ref_logprobs.masked_fill(invalid, INVALID_LOGPROB),
-    )
-    values, entropy = values.masked_fill(invalid, 0.0), entropy.masked_fill(invalid, 0.0)
-    clock.lap("forward")
-    # 4. score the decoded responses (EOS text kept, so rewards can tell finished from cut off)
-    response_texts = [decode_response(tokenizer, row) for row in raw.tolist()]
-    raw_scores = torch.tensor(reward(prompt_texts, response_texts), dtype=torch.float32, device=device)
-    ended = torch.tensor([t.endswith(tokenizer.eos_token) for t in response_texts], device=device)
-    scores = raw_scores.clone()
-    if missing_eos_penalty is not None:
-        scores = torch.where(ended, scores, scores - missing_eos_penalty)
-    clock.lap("reward")
+def gather_trajectory(local: Trajectory, processes: Processes, pad_id: int) -> Trajectory:
+    """Every process's rollouts as one batch in global order, on every process: prompts left-padded and
+    responses right-padded to the widest. The update then deals global minibatches out evenly, so N
+    processes compute what one process with the whole batch computes."""
+    if processes.size == 1:
+        return local
+    q = local.query_length
+    queries = processes.gather_rows(local.query_responses[:, :q], pad_id, left=True)
+    query_mask = processes.gather_rows(local.attention_mask[:, :q], 0, left=True)
+    responses = processes.gather_rows(local.query_responses[:, q:], pad_id)
+    mask = processes.gather_rows(local.mask, 0.0)
     return Trajectory(
-        query_responses,
-        attention_mask,
-        query_length,
+        torch.cat([queries, responses], dim=1),
+        torch.cat([query_mask, mask.long()], dim=1),
+        queries.shape[1],
         mask,
-        logprobs,
-        ref_logprobs,
-        values,
-        entropy,
-        scores,
-        raw_scores,
-        ended,
-        prompt_texts,
-        response_texts,
-        clock.seconds,
+        processes.gather_rows(local.logprobs, INVALID_LOGPROB),
+        processes.gather_rows(local.ref_logprobs, INVALID_LOGPROB),
+        processes.gather_rows(local.values, 0.0),
+        processes.gather_rows(local.entropy, 0.0),
+        processes.gather_rows(local.scores, 0.0),
+        processes.gather_rows(local.raw_scores, 0.0),
+        processes.gather_rows(local.ended.long(), 0).bool(),
+        processes.gather_objects(local.prompt_texts),
+        processes.gather_objects(local.response_texts),
+        local.seconds,
     )
 
 

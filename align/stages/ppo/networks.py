@@ -3,13 +3,14 @@
 | layout (`critic`) | trunks in memory | what trains |
 |---|---|---|
 | policy LoRA + `rm_lora` (default with an RM) | 2: policy/reference, RM/critic | policy LoRA, critic LoRA + value head |
-| policy LoRA + `rm_copy` | 3: policy/reference, RM, critic | policy LoRA, the whole critic |
+| policy LoRA + `rm_copy` (default with an RM under FSDP) | 3: policy/reference, RM, critic | policy LoRA, the whole critic |
 | policy LoRA + `policy_copy` (default with a reward function) | 2: policy/reference, critic | policy LoRA, the whole critic |
 | full fine-tuning (`lora.enabled: false`) | one more: a frozen reference copy | the whole policy |
 
 The reference is the policy with its PPO adapter disabled. The SFT artifact is loaded merged, so
 "adapter disabled" is the SFT policy, not the pretrained base. The critic's value head starts from the
-RM's score head and is applied at every position.
+RM's score head and is applied at every position. Dropout is switched off in every network whatever
+its config says (hub GPT-2 ships 0.1): the update must score the network the rollout sampled from.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from align.artifacts import Artifact, load_artifact
+from align.artifacts import Artifact
 from align.config import PPOConfig
 from align.errors import ConfigError
-from align.models import ModelSource, load_policy, lora_config
-from align.rewards import RewardModel, load_reward_function
+from align.models import ModelSource, disable_dropout, load_policy, lora_config
+from align.rewards import RewardFn, RewardModel
 
-RewardFn = Callable[[list[str], list[str]], list[float]]
+Reference = Callable[[], AbstractContextManager[Any]]
 
 
 class ValueModel(nn.Module):
@@ -44,61 +46,93 @@ class ValueModel(nn.Module):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
 
-def build_policy(
+@dataclass
+class Networks:
+    policy: nn.Module
+    reference: Reference  # a context yielding the reference (SFT) model
+    critic: ValueModel
+    reward: RewardFn  # what PPO optimises
+    layout: str  # the critic layout `critic: auto` resolved to
+    reward_artifact: Artifact | None  # the RM, for the lineage
+    score_statistics: tuple[float, float] | None  # the RM's stored (mean, std) of training scores
+    dropout_disabled: dict[str, int]  # per network, the dropout layers that were on
+
+
+def build(
+    config: PPOConfig,
+    source: ModelSource,
+    tokenizer: Any,
+    judge: RewardFn,
+    device: torch.device,
+    sharded: bool,
+) -> Networks:
+    """Policy, reference, critic and reward for `config`, against `judge` (a `RewardModel` or any reward
+    function); `sharded` when FSDP will shard what trains."""
+    scorer = judge if isinstance(judge, RewardModel) else None
+    dropout = {"reward_model": disable_dropout(scorer.model)} if scorer is not None else {}
+    policy, reference, reference_copy = _policy(config, source, device)
+    critic, layout, reward = _critic(config, source, tokenizer, scorer, judge, device, sharded)
+    dropout.update(policy=disable_dropout(policy), critic=disable_dropout(critic))
+    if reference_copy is not None:
+        dropout["reference"] = disable_dropout(reference_copy)
+    artifact = scorer.artifact if scorer is not None else None
+    statistics = None
+    if artifact is not None and config.ppo.normalize_scores and "reward_std" in artifact.metrics:
+        statistics = (artifact.metrics["reward_mean"], max(artifact.metrics["reward_std"], 1e-6))
+    return Networks(policy, reference, critic, reward, layout, artifact, statistics, dropout)
+
+
+def _policy(
     config: PPOConfig, source: ModelSource, device: torch.device
-) -> tuple[nn.Module, Callable[[], AbstractContextManager[Any]]]:
-    """The trainable policy and a factory of contexts that yield the reference model."""
+) -> tuple[nn.Module, Reference, nn.Module | None]:
+    """The trainable policy, a factory of contexts that yield the reference, and the reference's own
+    copy when there is one (full fine-tuning)."""
     sft = load_policy(source, config.trust_remote_code).to(device)
     sft.config.use_cache = True
     if not config.lora.enabled:
         reference = copy.deepcopy(sft).eval().requires_grad_(False)
-        return sft, lambda: nullcontext(reference)
+        return sft, lambda: nullcontext(reference), reference
     from peft import get_peft_model
 
     policy = get_peft_model(sft, lora_config(config.lora, sft))
-    return policy, lambda: _adapters_off(policy)
+    return policy, lambda: _adapters_off(policy), None
 
 
-def build_reward(
-    config: PPOConfig, device: torch.device
-) -> tuple[Artifact | None, RewardModel | None, RewardFn]:
-    if config.reward is not None:
-        return None, None, load_reward_function(config.reward)
-    artifact = load_artifact(config.reward_model, expect_stage="rm")
-    scorer = RewardModel.load(artifact.path, device=device)
-    return artifact, scorer, scorer.score
-
-
-def build_critic(
+def _critic(
     config: PPOConfig,
     policy_source: ModelSource,
     policy_tokenizer: Any,
     scorer: RewardModel | None,
+    judge: RewardFn,
     device: torch.device,
-) -> tuple[ValueModel, str, RewardFn | None]:
-    """The critic and, for `rm_lora`, a reward function that scores with the critic's adapter disabled."""
+    sharded: bool,
+) -> tuple[ValueModel, str, RewardFn]:
+    """The critic and the reward PPO optimises: for `rm_lora`, the RM scoring with the critic's adapter
+    disabled (they share a trunk)."""
     layout = config.critic
     shares_vocab = scorer is not None and _same_token_ids(policy_tokenizer, scorer.tokenizer)
     if layout == "auto":
-        layout = "rm_lora" if shares_vocab else "policy_copy"
+        layout = ("rm_copy" if sharded else "rm_lora") if shares_vocab else "policy_copy"
     if layout in ("rm_lora", "rm_copy") and not shares_vocab:
         raise ConfigError(
             f"critic '{layout}' needs a reward model with the policy's tokenizer; use critic=policy_copy"
+        )
+    if layout == "rm_lora" and sharded:
+        raise ConfigError(
+            "critic 'rm_lora' shares the frozen RM's trunk, which FSDP cannot shard for one and not the "
+            "other; use critic=rm_copy or policy_copy"
         )
     if layout == "policy_copy":
         base = load_policy(policy_source, config.trust_remote_code)
         trunk = getattr(base, base.base_model_prefix)
         head = nn.Linear(base.config.hidden_size, 1, bias=False)
         nn.init.zeros_(head.weight)
-        return ValueModel(trunk, head).to(device), layout, None
+        return ValueModel(trunk, head).to(device), layout, judge
     rm = scorer.model
     head = copy.deepcopy(rm.score).requires_grad_(True)
     if layout == "rm_copy":
-        return (
-            ValueModel(copy.deepcopy(getattr(rm, rm.base_model_prefix)).requires_grad_(True), head),
-            layout,
-            None,
-        )
+        trunk = copy.deepcopy(getattr(rm, rm.base_model_prefix)).requires_grad_(True)
+        return ValueModel(trunk, head), layout, judge
     from peft import get_peft_model
 
     shared = get_peft_model(rm, lora_config(config.critic_lora, rm, task_type=None))
@@ -106,7 +140,7 @@ def build_critic(
 
     def score_without_critic_adapter(prompts: list[str], responses: list[str]) -> list[float]:
         with shared.disable_adapter():
-            return scorer.score(prompts, responses)
+            return judge(prompts, responses)
 
     return critic, layout, score_without_critic_adapter
 

@@ -1,0 +1,392 @@
+"""The PPO iteration loop: rollout, advantages, then epochs of clipped updates over shuffled minibatches.
+
+Each iteration: (1) sample a response per prompt, (2) truncate at EOS, (3) score every token with the
+policy, the reference and the critic, (4) score the response with the reward, (5) per-token rewards
+with the KL penalty and the score at the last token, (6) GAE and whitened advantages, (7) several
+epochs of clipped policy and value updates over shuffled minibatches.
+
+Under several processes each samples its share of the prompts, the rollouts are gathered into one batch
+on every process, and each global minibatch is dealt out evenly: the losses are token sums over the
+process's rows divided by the minibatch's token count (times the number of processes, since DDP and
+FSDP average gradients), so N processes take the step one process with the whole batch takes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from align.artifacts import ArtifactWriter
+from align.config import PPOSettings
+from align.distributed import Processes
+from align.errors import AlignError
+from align.generation import response_logprobs
+from align.packing import batch_layout
+from align.rewards import RewardFn
+from align.stages.ppo import checkpoint, core
+from align.stages.ppo.networks import Networks, trainable
+from align.stages.ppo.rollout import (
+    HFSampler,
+    LeanSampler,
+    Rollout,
+    Trajectory,
+    gather_trajectory,
+    rollout_uniforms,
+)
+from align.training import TrainingDiverged
+
+# Before any update, the rollout's and the update's log-probs of the same tokens must agree. The limits
+# per parameter precision: fp32 networks agree to float rounding (~1e-6 in a log-prob); bf16/fp16 round
+# logits to 8/11 mantissa bits, ~0.05 in a log-prob, so their limits are looser.
+RATIO_LIMITS = {torch.float32: (1e-4, 1e-2), torch.bfloat16: (1e-2, 0.5), torch.float16: (1e-2, 0.5)}
+_LOSS_KEYS = ("policy_loss", "value_loss", "approxkl", "clipfrac", "value_clipfrac", "ratio")
+
+
+class RatioMismatch(AlignError):
+    """The update does not see the distribution the rollout sampled from."""
+
+
+@dataclass
+class PPOData:
+    """What the loop trains on: rendered prompts, PPO-ptx demonstrations, an optional validation judge."""
+
+    prompts: list[str]
+    ptx_rows: list[dict[str, list[int]]]
+    validation: tuple[str, RewardFn] | None  # (metric name, judge scoring each step's rollouts)
+
+
+class PPOLoop:
+    def __init__(
+        self,
+        settings: PPOSettings,
+        networks: Networks,
+        data: PPOData,
+        tokenizer: Any,
+        writer: ArtifactWriter,
+        accelerator: Any,
+    ):
+        s = self.settings = settings
+        self.networks, self.data, self.tokenizer, self.writer = networks, data, tokenizer, writer
+        self.accelerator, self.device = accelerator, accelerator.device
+        self.processes = processes = Processes(accelerator)
+        self.rollouts = processes.share(s.rollouts, "ppo.rollouts")  # this process's share
+        processes.share(s.mini_batch_size, "ppo.mini_batch_size")
+        self.policy, self.critic = networks.policy, networks.critic
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        policy_optimizer = torch.optim.AdamW(trainable(self.policy), lr=s.learning_rate, eps=1e-5, **fused)
+        critic_optimizer = torch.optim.AdamW(
+            trainable(self.critic), lr=s.critic_learning_rate or s.learning_rate, eps=1e-5, **fused
+        )
+        # Prepared one pair at a time: FSDP2 shards the last model of a prepare call only, and remaps
+        # optimiser parameters by name, which the policy and critic share. The update runs through the
+        # prepared modules (DDP wrappers, or the FSDP modules themselves); the rollout and checkpoints use
+        # the modules, gathering FSDP shards where they read weights.
+        self.trained_policy, self.policy_optimizer = accelerator.prepare(self.policy, policy_optimizer)
+        self.trained_critic, self.critic_optimizer = accelerator.prepare(self.critic, critic_optimizer)
+        sampler = (
+            LeanSampler(tokenizer, s.temperature, s.max_new_tokens)
+            if s.rollout_engine == "lean"
+            else HFSampler(tokenizer, s.temperature, s.max_new_tokens, synced=processes.sharded)
+        )
+        self.rollout = Rollout(
+            self.policy,
+            networks.reference,
+            self.critic,
+            self._score,
+            sampler,
+            tokenizer,
+            s.temperature,
+            s.missing_eos_penalty,
+            s.packing,
+        )
+        self.kl = core.KLController(s.kl_coef, s.target_kl, s.kl_horizon)
+        self.generator = torch.Generator().manual_seed(s.seed)  # the same on every process
+        self.order: list[int] = []
+        self.ptx_order: list[int] = []
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.ratio_limits = RATIO_LIMITS[next(self.policy.parameters()).dtype]
+
+    def train(self, resume: bool) -> dict[str, Any]:
+        if resume:
+            checkpoint.load(self)
+        from rich.progress import Progress
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.logs_dir.mkdir(parents=True, exist_ok=True)
+        board = SummaryWriter(log_dir=str(self.writer.logs_dir)) if self.processes.is_main else None
+        with Progress(transient=True, disable=not self.processes.is_main) as progress:
+            task = progress.add_task("ppo", total=self.settings.steps, completed=self.step)
+            while self.step < self.settings.steps:
+                stats = self.iteration()
+                self.step += 1
+                self._log(stats, board)
+                progress.update(
+                    task, advance=1, description=f"ppo score {stats['score']:.3f} kl {stats['kl']:.2f}"
+                )
+                if self.settings.save_every and self.step % self.settings.save_every == 0:
+                    checkpoint.save(self)
+        if board is not None:
+            board.close()
+        return self._summary()
+
+    def iteration(self) -> dict[str, Any]:
+        s = self.settings
+        start = time.perf_counter()
+        self.policy.eval()
+        self.critic.eval()
+        uniforms = rollout_uniforms(s.seed, self.step, s.rollouts, s.max_new_tokens)
+        local = self.rollout.collect(self._next_prompts(), self.processes.mine(uniforms))
+        trajectory = gather_trajectory(local, self.processes, self.tokenizer.pad_token_id)
+        rollout_seconds = time.perf_counter() - start
+        # 5. per-token rewards: KL penalty everywhere, the score at the last real token
+        rewards, kl = core.per_token_rewards(
+            trajectory.scores, trajectory.logprobs, trajectory.ref_logprobs, trajectory.mask, self.kl.value
+        )
+        if s.whiten_rewards:
+            rewards = core.masked_whiten(rewards, trajectory.mask, shift_mean=False)
+        # 6. advantages and value targets
+        advantages, returns = core.gae(rewards, trajectory.values, trajectory.mask, s.gamma, s.lam)
+        advantages = core.masked_whiten(advantages, trajectory.mask)
+        # 7. PPO epochs
+        update_start = time.perf_counter()
+        update = self.update(trajectory, advantages, returns)
+        update_seconds = time.perf_counter() - update_start
+        sequence_kl = kl.sum(1).mean().item()
+        if s.kl_ceiling is not None and sequence_kl > s.kl_ceiling:
+            raise TrainingDiverged(
+                f"KL to the reference {sequence_kl:.2f} passed ppo.kl_ceiling={s.kl_ceiling} at "
+                f"step {self.step + 1}; raise ppo.kl_coef or lower the learning rate"
+            )
+        beta = self.kl.value
+        self.kl.update(sequence_kl, s.rollouts)
+        return self._stats(trajectory, kl, returns, update, beta, rollout_seconds, update_seconds)
+
+    def update(
+        self, trajectory: Trajectory, advantages: torch.Tensor, returns: torch.Tensor
+    ) -> dict[str, float]:
+        s = self.settings
+        train_policy = self.step >= s.critic_warmup_steps
+        self.policy.train()
+        self.critic.train()
+        records: list[dict[str, float]] = []
+        for _epoch in range(s.ppo_epochs):
+            order = torch.randperm(s.rollouts, generator=self.generator)
+            epoch_kls = []
+            for start in range(0, s.rollouts, s.mini_batch_size):
+                minibatch = order[start : start + s.mini_batch_size]
+                record = self._minibatch(trajectory, advantages, returns, minibatch, train_policy)
+                if not records:
+                    self._check_first_minibatch(record)
+                self._optimizer_step(train_policy)
+                records.append(record)
+                epoch_kls.append(record["approxkl"])
+            if s.stop_kl is not None and statistics.fmean(epoch_kls) > s.stop_kl:
+                break
+        summary = {key: statistics.fmean(r[key] for r in records) for key in records[0]}
+        summary.update({f"first_{k}": records[0][k] for k in ("ratio", "approxkl", "clipfrac")})
+        summary["first_max_log_ratio"] = records[0]["max_log_ratio"]
+        summary["max_log_ratio"] = max(r["max_log_ratio"] for r in records)
+        summary["epochs_run"] = len(records) * s.mini_batch_size / s.rollouts
+        return summary
+
+    def _minibatch(
+        self,
+        trajectory: Trajectory,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        minibatch: torch.Tensor,
+        train_policy: bool,
+    ) -> dict[str, float]:
+        """Accumulate the gradients of one global minibatch (this process's rows of it, in micro-batches)
+        and return its statistics, as token means over the whole minibatch."""
+        s, processes = self.settings, self.processes
+        tokens = trajectory.mask[minibatch].sum()  # the whole minibatch's, the same on every process
+        q = trajectory.query_length
+        sums = torch.zeros(len(_LOSS_KEYS), device=self.device)
+        max_log_ratio = torch.zeros((), device=self.device)
+        mine = processes.mine(minibatch)
+        for start in range(0, len(mine), s.micro_batch_size):
+            idx = mine[start : start + s.micro_batch_size]
+            batch = batch_layout(
+                trajectory.query_responses[idx], trajectory.attention_mask[idx], q, s.packing
+            )
+            # while the critic warms up the policy takes no gradient (and DDP sees no unused forward)
+            with torch.set_grad_enabled(train_policy):
+                logprobs, _ = response_logprobs(
+                    self.trained_policy if train_policy else self.policy, batch, s.temperature
+                )
+            values = batch.gather(self.trained_critic(**batch.inputs())).float()
+            stats = core.ppo_losses(
+                logprobs,
+                trajectory.logprobs[idx],
+                advantages[idx],
+                values,
+                trajectory.values[idx],
+                returns[idx],
+                trajectory.mask[idx],
+                s.clip_range,
+                s.clip_range_value,
+                token_count=tokens,
+            )
+            loss = s.vf_coef * stats.value_loss + (stats.policy_loss if train_policy else 0.0)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"PPO loss is {loss.item()} at step {self.step + 1}; the last checkpoint is "
+                    "kept (lower ppo.learning_rate and rerun with --resume)"
+                )
+            self.accelerator.backward(loss * processes.size)  # DDP and FSDP average over the processes
+            sums += torch.stack([getattr(stats, key).detach() for key in _LOSS_KEYS])
+            max_log_ratio = torch.maximum(max_log_ratio, stats.max_log_ratio)
+        record = dict(zip(_LOSS_KEYS, processes.total(sums).tolist(), strict=True))
+        record["max_log_ratio"] = processes.maximum(max_log_ratio).item()
+        if train_policy and self.data.ptx_rows:
+            ptx_loss = self._ptx_loss()
+            self.accelerator.backward(s.ptx_coef * ptx_loss)
+            record["ptx_loss"] = ptx_loss.item()
+        return record
+
+    def _check_first_minibatch(self, record: dict[str, float]) -> None:
+        """Before any update the policy is the rollout's: its log-probs must be the rollout's own."""
+        kl_limit, log_ratio_limit = self.ratio_limits
+        if self.settings.allow_ratio_mismatch or (
+            record["approxkl"] <= kl_limit and record["max_log_ratio"] <= log_ratio_limit
+        ):
+            return
+        raise RatioMismatch(
+            f"PPO step {self.step + 1}: before any update the policy scores its own rollouts differently "
+            f"(approx-KL {record['approxkl']:.2e} > {kl_limit:g} or max |log ratio| "
+            f"{record['max_log_ratio']:.2e} > {log_ratio_limit:g}); likely causes: dropout left on, "
+            "position ids, sampling temperature, padding, or a reference that is not the rollout policy "
+            "(ppo.allow_ratio_mismatch=true trains anyway)"
+        )
+
+    def _optimizer_step(self, train_policy: bool) -> None:
+        max_norm = self.settings.max_grad_norm
+        for optimizer, model, active in (
+            (self.policy_optimizer, self.trained_policy, train_policy),
+            (self.critic_optimizer, self.trained_critic, True),
+        ):
+            self.accelerator.clip_grad_norm_(trainable(model), max_norm)
+            if active:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def _ptx_loss(self) -> torch.Tensor:
+        """PPO-ptx (Ouyang et al. 2022): the policy's LM loss on the completions of the next demonstrations,
+        so optimising the reward does not erode what SFT taught. Each process takes its own rows."""
+        rows_all, processes = self.data.ptx_rows, self.processes
+        wanted = self.settings.ptx_batch_size * processes.size
+        while len(self.ptx_order) < wanted:
+            self.ptx_order += torch.randperm(len(rows_all), generator=self.generator).tolist()
+        batch, self.ptx_order = self.ptx_order[:wanted], self.ptx_order[wanted:]
+        rows = [rows_all[i] for i in processes.mine(batch)]
+        lengths = torch.tensor([len(row["input_ids"]) for row in rows], device=self.device)
+        width = int(lengths.max())
+
+        def padded(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], device=self.device)
+
+        ids = padded("input_ids", self.tokenizer.pad_token_id)
+        attention = (torch.arange(width, device=self.device) < lengths[:, None]).long()
+        logits = self.trained_policy(input_ids=ids, attention_mask=attention).logits
+        return core.language_model_loss(logits, ids, padded("completion_mask", 0))
+
+    def _score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        scores = self.networks.reward(prompts, responses)
+        if self.networks.score_statistics is not None:
+            mean, std = self.networks.score_statistics
+            scores = [(x - mean) / std for x in scores]
+        if self.settings.score_clip is not None:
+            c = self.settings.score_clip
+            scores = [max(-c, min(c, x)) for x in scores]
+        return scores
+
+    def _next_prompts(self) -> list[str]:
+        """This process's slice of the next global batch of prompts (every process draws the same one)."""
+        prompts, wanted = self.data.prompts, self.settings.rollouts
+        while len(self.order) < wanted:
+            self.order += torch.randperm(len(prompts), generator=self.generator).tolist()
+        batch, self.order = self.order[:wanted], self.order[wanted:]
+        return [prompts[i] for i in self.processes.mine(batch)]
+
+    def _stats(
+        self,
+        t: Trajectory,
+        kl: torch.Tensor,
+        returns: torch.Tensor,
+        update: dict[str, float],
+        beta: float,
+        rollout_seconds: float,
+        update_seconds: float,
+    ) -> dict[str, Any]:
+        sequence_kl = kl.sum(1)
+        lengths = t.mask.sum(1)
+        stats: dict[str, Any] = {
+            "score": t.raw_scores.mean().item(),
+            "kl": sequence_kl.mean().item(),
+            "rlhf_reward": (t.scores - beta * sequence_kl).mean().item(),
+            "beta": beta,
+            "entropy": core.masked_mean(t.entropy, t.mask).item(),
+            "explained_variance": core.explained_variance(t.values, returns, t.mask),
+            "response_length": lengths.mean().item(),
+            "eos_rate": t.ended.float().mean().item(),
+            "seconds_rollout": rollout_seconds,
+            **{f"seconds_{part}": seconds for part, seconds in t.seconds.items()},
+            "seconds_update": update_seconds,
+            "tokens_per_second": lengths.sum().item() / max(rollout_seconds + update_seconds, 1e-9),
+            **update,
+        }
+        if self.data.validation is not None:
+            name, judge = self.data.validation
+            stats[name] = statistics.fmean(judge(t.prompt_texts, t.response_texts))
+        if self.settings.sample_every and (self.step + 1) % self.settings.sample_every == 0:
+            stats["samples"] = [
+                {"prompt": p[-80:], "response": r}
+                for p, r in zip(t.prompt_texts[:3], t.response_texts[:3], strict=True)
+            ]
+        return stats
+
+    def _log(self, stats: dict[str, Any], board: Any) -> None:
+        record = {"step": self.step, **stats}
+        self.history.append({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        if board is None:
+            return
+        with open(self.writer.logs_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.step % self.settings.log_every == 0:
+            for key, value in stats.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    board.add_scalar(f"ppo/{key}", value, self.step)
+
+    def _summary(self) -> dict[str, Any]:
+        if not self.history:
+            return {"steps": self.step}
+        window = self.history[-10:]
+        summary = {"steps": self.step, "first_score": self.history[0]["score"]}
+        validation = [self.data.validation[0]] if self.data.validation else []
+        for key in (
+            "score",
+            "kl",
+            "rlhf_reward",
+            "entropy",
+            "eos_rate",
+            *validation,
+            "beta",
+            "approxkl",
+            "clipfrac",
+        ):
+            if key in window[0]:
+                summary[f"final_{key}"] = statistics.fmean(r[key] for r in window)
+        for key in validation:
+            summary[f"first_{key}"] = self.history[0][key]
+        summary["processes"] = self.processes.size
+        summary["seconds_rollout"] = sum(r["seconds_rollout"] for r in self.history)
+        summary["seconds_update"] = sum(r["seconds_update"] for r in self.history)
+        return summary

@@ -49,12 +49,12 @@ rm: setup
 ppo: setup
 	$(BIN)/align ppo --recipe recipes/tiny/ppo.yaml
 
-# Multi-seed studies (tens of minutes): JSON under results/, quoted in the README and issues.
+# Multi-seed studies (tens of minutes): JSON under results/, quoted in the README and issues. Outputs that
+# exist under $(RUNS)/study and $(RUNS)/capability are reused.
 results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
+	$(BIN)/python bench/study_capability.py --runs $(RUNS) --out results/capability.json
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
-	$(BIN)/python bench/study_rm.py --runs $(RUNS) --out results/reward_model.json
-	$(BIN)/python bench/study_onpolicy_rm.py --runs $(RUNS) --out results/onpolicy_rm.json
 	$(BIN)/python bench/gpt2_chain.py --size gpt2 --out results/gpt2_chain.json
 
 # Speed and memory against plain transformers in the same run, one JSON line each (also kept in results/).

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from align.artifacts import update_metrics
 from align.chat import prompt_text
 from align.config import EvalConfig
 from align.data import load_data
-from align.data.synthetic import family_of, gold_reward, parse_task
+from align.data.synthetic import family_of, flaw_of, gold_reward, parse_task
 from align.errors import DataError
 from align.generation import Sampling, decode_response, generate_ids, sample_texts, sequence_kl
 from align.models import ModelSource, load_policy, load_tokenizer, pick_device, resolve_model
@@ -97,7 +98,11 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
             results["reference"] = reference.name
     if scorer is not None:
         for n in config.best_of_n:
-            results.update(best_of_n(model, tokenizer, prompts, scorer, n, config, synthetic))
+            pick = ("best", "rm_score", scorer.score)
+            results.update(best_of_n(model, tokenizer, prompts, pick, n, config, synthetic))
+    for n in config.shortest_of_n:
+        pick = ("shortest", "shortness", _shortness)
+        results.update(best_of_n(model, tokenizer, prompts, pick, n, config, synthetic))
     if config.perplexity_data:
         texts = [row["text"] for row in load_data(config.perplexity_data, "text", config.limit).rows]
         results["text_perplexity"] = perplexity(model, tokenizer, texts, config.batch_size)
@@ -110,25 +115,34 @@ def best_of_n(
     model: Any,
     tokenizer: Any,
     prompts: list[str],
-    scorer: RewardModel,
+    pick: tuple[str, str, Callable[[list[str], list[str]], list[float]]],
     n: int,
     config: EvalConfig,
     synthetic: bool,
 ) -> dict[str, float]:
-    """Sample n responses per prompt, keep the one the RM scores highest: the no-training baseline every
-    method must beat at the same KL. Its KL to the sampling policy is log n - (n-1)/n (analytic)."""
+    """Sample n responses per prompt, keep the one `pick` = (name, score name, scorer) scores highest:
+    by the RM (`best`), the no-training baseline every method must beat at the same KL; by shortness
+    (`shortest`, minus the characters), whether saying less alone would win. Its KL to the sampling
+    policy is log n - (n-1)/n (analytic)."""
+    name, score_name, score = pick
     sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
     repeated = [p for p in prompts for _ in range(n)]
     responses = sample_texts(model, tokenizer, prompts, sampling, config.batch_size, config.seed + 1, n)
-    scores = scorer.score(repeated, responses)
-    best = [max(range(i * n, (i + 1) * n), key=scores.__getitem__) for i in range(len(prompts))]
+    scores = score(repeated, responses)
+    chosen = [max(range(i * n, (i + 1) * n), key=scores.__getitem__) for i in range(len(prompts))]
     figures = {
-        f"best_of_{n}_rm_score": statistics.fmean(scores[i] for i in best),
-        f"best_of_{n}_kl": math.log(n) - (n - 1) / n,
+        f"{name}_of_{n}_{score_name}": statistics.fmean(scores[i] for i in chosen),
+        f"{name}_of_{n}_kl": math.log(n) - (n - 1) / n,
     }
     if synthetic:
-        figures[f"best_of_{n}_gold"] = statistics.fmean(gold_reward(prompts, [responses[i] for i in best]))
+        figures[f"{name}_of_{n}_gold"] = statistics.fmean(
+            gold_reward(prompts, [responses[i] for i in chosen])
+        )
     return figures
+
+
+def _shortness(prompts: list[str], responses: list[str]) -> list[float]:
+    return [-float(len(r)) for r in responses]
 
 
 @torch.no_grad()
@@ -213,14 +227,18 @@ def response_summary(name: str, responses: list[str], eos: str) -> dict[str, flo
 
 
 def gold_summary(name: str, prompts: list[str], responses: list[str]) -> dict[str, Any]:
+    """Mean gold with its 95 % interval, per family, and the share of responses by what they did
+    (`flaw_of`: clean, chatter, the family's flaw...), so a gain shows which flaw it removed."""
     scores = gold_reward(prompts, responses)
     by_family: dict[str, list[float]] = defaultdict(list)
     for prompt, score in zip(prompts, scores, strict=True):
         by_family[family_of(prompt)].append(score)
+    flaws = Counter(flaw_of(p, r) for p, r in zip(prompts, responses, strict=True))
     return {
         f"gold_{name}": statistics.fmean(scores),
         f"gold_{name}_ci95": 1.96 * statistics.pstdev(scores) / math.sqrt(len(scores)),
         f"gold_{name}_by_family": {f: round(statistics.fmean(s), 4) for f, s in sorted(by_family.items())},
+        f"flaws_{name}": {kind: round(count / len(prompts), 4) for kind, count in flaws.most_common()},
     }
 
 

@@ -1,13 +1,17 @@
-"""Every alignment method on the tiny recipe, several seeds, same held-out prompts (`make results`).
+"""The offline default's alignment benchmark over training seeds (`make results`).
 
     python bench/study_alignment.py [--runs runs/tiny] [--seeds 0 1 2] [--out results/alignment.json]
 
-Needs runs/tiny/sft and runs/tiny/rm (`make demo` makes them). Per seed it trains, from the same SFT
-policy: PPO against the RM, PPO against the gold reward function (the proxy gap), the same run 2x longer at beta 0.02, DPO on the pairs, the
-control "SFT on the chosen answers" for as many steps as DPO (so DPO's own contribution shows), GRPO and
-RLOO against the gold reward, and iterative DPO judged by the gold reward. Then a PPO sweep of the KL coefficient (over-optimisation: RM score and
-gold against KL). Every policy is evaluated on the 1,200 held-out prompts: gold sampled at T=0.7 and
-greedy, RM score, KL to the SFT policy, wall time. Writes one JSON file and prints a markdown table.
+Needs runs/tiny/sft and runs/tiny/rm (`make demo` makes them). From the same SFT policy, per seed: PPO
+against the RM by the demo's recipe, DPO, its control (SFT on the chosen answers, same steps), and PPO
+against the gold reward itself (the proxy gap). Once: best-of-4 by the RM and shortest-of-4 of the SFT
+policy (does saying less win?); PPO against the RM at beta 0 and at 4x the steps (over-optimisation:
+the gold and RM-score curves per step); the RM's accuracy against the gold ranking on pairs of the SFT
+policy's own samples (`align pairs`, the pairs RLHF meets); and every seed-0 policy on fresh prompts of
+another generator seed that no training file holds. Every policy is evaluated by `align eval` on the
+held-out prompts (gold sampled at T=0.7 and greedy, per family and per flaw, RM score, KL to the SFT
+policy). Outputs that exist are reused, so an interrupted study continues. Writes one JSON file and
+prints a markdown table.
 """
 
 from __future__ import annotations
@@ -20,61 +24,56 @@ from pathlib import Path
 from harness import align
 
 GOLD = "align.data.synthetic:gold_reward"
+FRESH_SEED = 4321
+KEPT = (
+    "gold_sampled",
+    "gold_sampled_ci95",
+    "gold_greedy",
+    "rm_score_sampled",
+    "kl_to_reference",
+    "gold_sampled_by_family",
+    "gold_greedy_by_family",
+    "flaws_sampled",
+    "best_of_4_gold",
+    "shortest_of_4_gold",
+)
 
 
-def evaluate(policy: Path, rm: Path, reference: Path, report: Path | None = None) -> dict:
-    """`align eval` figures of a policy, kept beside it (or at `report`) and reused when there."""
-    report = report or policy.with_name(policy.name + "-eval.json")
-    if not report.exists() or "kl_to_reference" not in json.loads(report.read_text()):
+def evaluate(policy: Path, runs: Path, report: Path, *extra: str) -> dict:
+    """`align eval` figures of a policy, kept in `report` and reused when there."""
+    if not report.exists():
+        rm, sft = str(runs / "rm"), str(runs / "sft")
         align(
             "eval",
             "--model",
             str(policy),
             "--reward-model",
-            str(rm),
+            rm,
             "--reference",
-            str(reference),
+            sft,
             "--json",
             str(report),
+            *extra,
         )
-    figures = json.loads(report.read_text())
-    keep = (
-        "gold_sampled",
-        "gold_sampled_ci95",
-        "gold_greedy",
-        "rm_score_sampled",
-        "kl_to_reference",
-        "eos_rate_sampled",
-        "gold_sampled_by_family",
-    )
-    return {k: figures[k] for k in keep if k in figures}
+    return {k: v for k, v in json.loads(report.read_text()).items() if k in KEPT}
 
 
 def methods(runs: Path, seed: int) -> dict[str, list[str]]:
-    rm, sft, s = str(runs / "rm"), str(runs / "sft"), str(seed)
-    ppo_gold = ["ppo", "--recipe", "recipes/tiny/ppo.yaml", "--model", sft, "--reward", GOLD]
-    ppo_gold += ["--set", "reward_model=null", "--seed", s]
+    sft, s = str(runs / "sft"), str(seed)
+    ppo = ["ppo", "--recipe", "recipes/tiny/ppo.yaml", "--model", sft, "--seed", s]
     return {
-        "ppo_rm": [
-            "ppo",
-            "--recipe",
-            "recipes/tiny/ppo.yaml",
-            "--model",
-            sft,
-            "--reward-model",
-            rm,
-            "--seed",
-            s,
-        ],
-        "ppo_gold": ppo_gold,
-        # reward-function PPO run longer with a looser KL leash: how far the policy itself can go
-        "ppo_gold_long": [*ppo_gold, "--kl-coef", "0.02", "--steps", "300"],
+        "ppo_rm": [*ppo, "--reward-model", str(runs / "rm")],
+        "ppo_gold": [*ppo, "--reward", GOLD, "--set", "reward_model=null"],
         "dpo": ["dpo", "--recipe", "recipes/tiny/dpo.yaml", "--model", sft, "--seed", s],
         "sft_chosen": ["sft", "--recipe", "recipes/tiny/sft_chosen.yaml", "--model", sft, "--seed", s],
-        "dpo_online_gold": ["dpo", "--recipe", "recipes/tiny/dpo_online.yaml", "--model", sft, "--seed", s],
-        "grpo_gold": ["grpo", "--recipe", "recipes/tiny/grpo.yaml", "--model", sft, "--seed", s],
-        "rloo_gold": ["rloo", "--recipe", "recipes/tiny/rloo.yaml", "--model", sft, "--seed", s],
     }
+
+
+OVEROPTIMISATION = {"beta0": ["--kl-coef", "0"], "steps4x": ["--steps", "600"]}
+
+
+def train(command: list[str], output: Path) -> float | None:
+    return None if (output / "manifest.json").exists() else align(*command, "--output", str(output))
 
 
 def spread(values: list[float]) -> dict:
@@ -82,67 +81,115 @@ def spread(values: list[float]) -> dict:
         "mean": round(statistics.fmean(values), 4),
         "min": round(min(values), 4),
         "max": round(max(values), 4),
-        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
     }
+
+
+def curve(artifact: Path, window: int = 10) -> dict:
+    """Gold and RM score of the rollouts per step, smoothed over `window` steps; where gold peaked."""
+    rows = [json.loads(line) for line in (artifact / "logs/metrics.jsonl").read_text().splitlines()]
+
+    def smooth(key: str) -> list[float]:
+        return [
+            statistics.fmean(r[key] for r in rows[max(0, i - window + 1) : i + 1]) for i in range(len(rows))
+        ]
+
+    gold, score = smooth("gold"), smooth("score")
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    return {
+        "steps": len(rows),
+        "gold_peak_step": rows[peak]["step"],
+        "gold_at_peak": round(gold[peak], 4),
+        "gold_final": round(gold[-1], 4),
+        "score_at_gold_peak": round(score[peak], 4),
+        "score_final": round(score[-1], 4),
+        "kl_final": round(rows[-1]["kl"], 3),
+        "gold_peaks_then_falls_while_score_rises": gold[-1] < gold[peak] - 0.05 and score[-1] > score[peak],
+        "every_10th_step": [
+            {"step": r["step"], "gold": round(g, 4), "score": round(s, 4)}
+            for r, g, s in list(zip(rows, gold, score, strict=True))[window - 1 :: window]
+        ],
+    }
+
+
+def onpolicy_rm_accuracy(runs: Path, work: Path) -> dict:
+    """The RM against the gold ranking on pairs of the SFT policy's own answers to prompts it was not
+    trained on (8 samples per prompt, every two that the gold scores differently, no label noise)."""
+    pairs = work / "pairs-onpolicy"
+    command = ["pairs", "--recipe", "recipes/tiny/pairs.yaml", "--model", str(runs / "sft"), "--prompts"]
+    command += ["data/synthetic/ppo.jsonl", "--limit", "600", "--label-noise", "0"]
+    train(command, pairs)
+    from align.rewards import RewardModel
+
+    rows = [json.loads(line) for line in (pairs / "data/pairs.jsonl").read_text().splitlines()]
+    scorer = RewardModel.load(runs / "rm")
+    eos = scorer.tokenizer.eos_token
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer.score_messages(prompts, [r["chosen"] + eos for r in rows])
+    rejected = scorer.score_messages(prompts, [r["rejected"] + eos for r in rows])
+    agree = [c > r for c, r in zip(chosen, rejected, strict=True)]
+    return {"pairs": len(rows), "prompts": 600, "gold_accuracy": round(statistics.fmean(agree), 4)}
+
+
+def fresh_prompts(work: Path) -> Path:
+    """The eval prompts of generator seed FRESH_SEED that no training file of the committed data holds."""
+    fresh = work / "fresh-prompts.jsonl"
+    if not fresh.exists():
+        align("data", "synth", "--seed", str(FRESH_SEED), "--output", str(work / f"seed{FRESH_SEED}"))
+        trained = {
+            json.loads(line)["prompt"]
+            for name in ("sft", "pairs", "ppo")
+            for line in Path(f"data/synthetic/{name}.jsonl").read_text().splitlines()
+        }
+        rows = [json.loads(line) for line in (work / f"seed{FRESH_SEED}/eval.jsonl").read_text().splitlines()]
+        fresh.write_text("".join(json.dumps(r) + "\n" for r in rows if r["prompt"] not in trained))
+    return fresh
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/tiny"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--single-seed",
-        nargs="+",
-        default=["dpo_online_gold", "grpo_gold", "rloo_gold"],
-        help="methods run for the first seed only",
-    )
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.2])
-    parser.add_argument("--only", nargs="+", help="methods to run (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results/alignment.json"))
     args = parser.parse_args()
-    rm = args.runs / "rm"
-    results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
-    sft = args.runs / "sft"
-    results["sft"] = evaluate(sft, rm, sft)
-    results.setdefault("runs", {})
+    runs, work = args.runs, args.runs / "study"
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "sft": evaluate(
+            runs / "sft", runs, work / "sft-eval.json", "--best-of-n", "4", "--shortest-of-n", "4"
+        )
+    }
+    results["runs"] = {}
     for seed in args.seeds:
-        for name, command in methods(args.runs, seed).items():
-            if (args.only and name not in args.only) or (name in args.single_seed and seed != args.seeds[0]):
-                continue
-            output = args.runs / "study" / f"{name}-seed{seed}"
-            done = results["runs"].get(name, {}).get(str(seed), {})
-            seconds = (
-                done["seconds"]
-                if (output / "manifest.json").exists() and done
-                else align(*command, "--output", str(output))
-            )
-            results["runs"].setdefault(name, {})[str(seed)] = {
-                **evaluate(output, rm, sft),
-                "seconds": seconds,
-            }
-            print(name, seed, results["runs"][name][str(seed)], flush=True)
-            save(args.out, results)
-    if not args.only or "beta_sweep" in args.only:
-        for beta in args.betas:
-            output = args.runs / "study" / f"ppo_rm-beta{beta}"
-            done = results.get("beta_sweep", {}).get(str(beta), {})
-            command = [*methods(args.runs, 0)["ppo_rm"], "--kl-coef", str(beta), "--output", str(output)]
-            seconds = done["seconds"] if (output / "manifest.json").exists() and done else align(*command)
-            results.setdefault("beta_sweep", {})[str(beta)] = {
-                **evaluate(output, rm, sft),
-                "seconds": seconds,
-            }
-            print("beta", beta, results["beta_sweep"][str(beta)], flush=True)
-            save(args.out, results)
+        for name, command in methods(runs, seed).items():
+            output = work / f"{name}-seed{seed}"
+            seconds = train(command, output)
+            figures = evaluate(output, runs, work / f"{name}-seed{seed}-eval.json")
+            results["runs"].setdefault(name, {})[str(seed)] = {**figures, "seconds": seconds}
+            print(name, seed, figures["gold_sampled"], figures["gold_greedy"], flush=True)
+    results["overoptimisation"] = {}
+    for name, extra in OVEROPTIMISATION.items():
+        output = work / f"ppo_rm-{name}"
+        train([*methods(runs, 0)["ppo_rm"], *extra], output)
+        figures = evaluate(output, runs, work / f"ppo_rm-{name}-eval.json")
+        results["overoptimisation"][name] = {**figures, "curve": curve(output)}
+    results["overoptimisation"]["recipe"] = {"curve": curve(work / "ppo_rm-seed0")}
+    results["rm"] = {
+        "synthetic_pairs_gold_accuracy": json.loads((runs / "rm/manifest.json").read_text())["metrics"][
+            "eval_gold_accuracy"
+        ],
+        "onpolicy": onpolicy_rm_accuracy(runs, work),
+    }
+    fresh = fresh_prompts(work)
+    results["fresh_prompts"] = {"seed": FRESH_SEED, "prompts": len(fresh.read_text().splitlines())}
+    for name in ("sft", "ppo_rm-seed0", "dpo-seed0"):
+        policy = runs / "sft" if name == "sft" else work / name
+        results["fresh_prompts"][name] = evaluate(
+            policy, runs, work / f"{name}-fresh-eval.json", "--prompts", str(fresh)
+        )
     results["summary"] = summarise(results)
-    save(args.out, results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-
-
-def save(path: Path, results: dict) -> None:
-    """After every run, so an interrupted study keeps what it measured (and a rerun reuses it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def summarise(results: dict) -> dict:
@@ -150,37 +197,52 @@ def summarise(results: dict) -> dict:
     summary = {}
     for name, per_seed in results["runs"].items():
         runs = list(per_seed.values())
+        families = sft["gold_sampled_by_family"]
         summary[name] = {
             "seeds": len(runs),
             "gold_sampled_gain": spread([r["gold_sampled"] - sft["gold_sampled"] for r in runs]),
             "gold_greedy_gain": spread([r["gold_greedy"] - sft["gold_greedy"] for r in runs]),
+            "gold_sampled_gain_by_family": {
+                f: round(statistics.fmean(r["gold_sampled_by_family"][f] for r in runs) - families[f], 4)
+                for f in families
+            },
             "rm_score": spread([r["rm_score_sampled"] for r in runs]),
             "kl_to_sft": spread([r["kl_to_reference"] for r in runs]),
-            "seconds": spread([r["seconds"] for r in runs]),
         }
+    dpo, control = results["runs"]["dpo"], results["runs"]["sft_chosen"]
+    summary["dpo_over_sft_chosen"] = spread(
+        [dpo[s]["gold_sampled"] - control[s]["gold_sampled"] for s in dpo]
+    )
+    fresh = results["fresh_prompts"]
+    summary["fresh_prompts_gain"] = {
+        name: {
+            "gold_sampled": round(fresh[name]["gold_sampled"] - fresh["sft"]["gold_sampled"], 4),
+            "by_family": {
+                f: round(g - fresh["sft"]["gold_sampled_by_family"][f], 4)
+                for f, g in fresh[name]["gold_sampled_by_family"].items()
+            },
+        }
+        for name in ("ppo_rm-seed0", "dpo-seed0")
+    }
     return summary
 
 
 def table(results: dict) -> str:
-    sft = results["sft"]
+    sft, summary = results["sft"], results["summary"]
     lines = [
-        "| policy | gold T=0.7 (gain, min..max) | gold greedy gain | RM score | KL to SFT | seconds |",
-        "|---|---|---|---|---|---|",
-        f"| sft | {sft['gold_sampled']:.3f} | {sft['gold_greedy']:.3f} (abs) | {sft['rm_score_sampled']:.3f} | 0 | - |",
+        "| policy | gold T=0.7 gain (min..max) | gold greedy gain (min..max) | RM score | KL to SFT |",
+        "|---|---|---|---|---|",
+        f"| sft | {sft['gold_sampled']:.3f} (abs) | {sft['gold_greedy']:.3f} (abs) | {sft['rm_score_sampled']:.3f} | 0 |",
     ]
-    for name, s in results["summary"].items():
-        g = s["gold_sampled_gain"]
+    for name in results["runs"]:
+        s = summary[name]
+        g, greedy = s["gold_sampled_gain"], s["gold_greedy_gain"]
         lines.append(
-            f"| {name} | {g['mean']:+.3f} ({g['min']:+.3f}..{g['max']:+.3f}) | "
-            f"{s['gold_greedy_gain']['mean']:+.3f} | {s['rm_score']['mean']:.3f} | "
-            f"{s['kl_to_sft']['mean']:.2f} | {s['seconds']['mean']:.0f} |"
+            f"| {name} | {g['mean']:+.3f} ({g['min']:+.3f}..{g['max']:+.3f}) | {greedy['mean']:+.3f} "
+            f"({greedy['min']:+.3f}..{greedy['max']:+.3f}) | {s['rm_score']['mean']:.3f} | {s['kl_to_sft']['mean']:.2f} |"
         )
-    for beta, r in results.get("beta_sweep", {}).items():
-        lines.append(
-            f"| ppo_rm beta={beta} | {r['gold_sampled'] - sft['gold_sampled']:+.3f} | "
-            f"{r['gold_greedy'] - sft['gold_greedy']:+.3f} | {r['rm_score_sampled']:.3f} | "
-            f"{r['kl_to_reference']:.2f} | {r['seconds']:.0f} |"
-        )
+    for name in ("best_of_4", "shortest_of_4"):
+        lines.append(f"| {name} (of SFT) | {sft[name + '_gold'] - sft['gold_sampled']:+.3f} | - | - | - |")
     return "\n".join(lines)
 
 

@@ -49,7 +49,9 @@ def test_label_api_records_each_judgement_at_once(micro_sft: Path, tmp_path: Pat
     assert rows[1]["chosen"] == second["responses"][1] and rows[1]["annotator"] == "tester"
     pairs = load_data(str(log), "pairs")
     assert pairs.dropped == {"skip judgement": 1}
-    assert len(pairs.rows) == 3 + 1  # C(3, 2) pairs of the ranking, one best/worst pair
+    ranked = [first["responses"][i] for i in [2, 0, 1]]
+    distinct = sum(a != b for k, a in enumerate(ranked) for b in ranked[k + 1 :])
+    assert len(pairs.rows) == distinct + 1  # the ranking's C(3, 2) pairs of distinct answers, one best/worst
 
 
 def test_a_restart_resumes_with_the_same_responses(micro_sft: Path, tmp_path: Path) -> None:

@@ -40,7 +40,6 @@ def test_beam_search_returns_the_highest_scoring_beam(micro_sft: Path) -> None:
     )
     config = Sampling(temperature=None, num_beams=4, max_new_tokens=6).generation_config(tokenizer)
     config.num_return_sequences, config.output_scores, config.return_dict_in_generate = 4, True, True
-    config.length_penalty = 0.0  # scores are plain summed log-probs
     out = model.generate(**prompt, generation_config=config)
     assert torch.argmax(out.sequences_scores).item() == 0  # beams come best first
     ours = generate_ids(

@@ -8,6 +8,8 @@ Every CLI command is a thin wrapper over a function here, so notebooks call the 
                                                                    ["5<|endoftext|>"])
     figures = align.evaluate(align.EvalConfig(model="runs/tiny/ppo", reward_model="runs/tiny/rm"))
     report_md = align.build_report("runs/tiny")
+
+Each stage of `align.registry.STAGES` is `align.<stage>(config, resume=False)`.
 """
 
 from __future__ import annotations
@@ -22,35 +24,26 @@ _EXPORTS = {
     "Artifact": "align.artifacts",
     "load_artifact": "align.artifacts",
     "RewardModel": "align.rewards",
-    **{
-        name: "align.config"
-        for name in (
-            "PretrainConfig",
-            "SFTConfig",
-            "RMConfig",
-            "PPOConfig",
-            "DPOConfig",
-            "GRPOConfig",
-            "RLOOConfig",
-            "EvalConfig",
-            "build_config",
-        )
-    },
-    **{
-        stage: f"align.stages.{stage}:run"
-        for stage in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo", "rloo")
-    },
+    "build_config": "align.config",
     "evaluate": "align.evaluation:run",
     "compare": "align.evaluation:compare",
     "export_policy": "align.export:run",
     "build_report": "align.report:build",
     "Conversation": "align.conversation",
 }
+_CONFIGS = ("PretrainConfig", "SFTConfig", "RMConfig", "PairsConfig", "PPOConfig", "DPOConfig", "GRPOConfig")
+_CONFIGS += ("RLOOConfig", "EvalConfig")
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS, *_CONFIGS]
 
 
 def __getattr__(name: str) -> Any:
+    from align.registry import STAGES
+
+    if name in STAGES:
+        return STAGES[name].run
+    if name in _CONFIGS:
+        return getattr(importlib.import_module("align.config"), name)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'align' has no attribute {name!r}")
     module_name, _, attr = _EXPORTS[name].partition(":")

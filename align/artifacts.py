@@ -30,7 +30,6 @@ from align.errors import ArtifactError
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"  # the previous artifact, for the instant of the swap
-POLICY_STAGES = ("pretrain", "sft", "ppo", "dpo", "grpo", "rloo", "export")  # artifacts that hold a policy
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
 
 
@@ -182,6 +181,18 @@ class ArtifactWriter:
         relative = os.path.relpath(artifact.path.resolve(), self.output.resolve())
         self.parents.append({"stage": artifact.stage, "path": relative, "sha256": artifact.sha256})
 
+    def record_data(self, data: Any, held_out: Any = None) -> None:
+        """The data's source, hash and row counts (`Dataset.info()`), and the held-out set's."""
+        self.data = data.info()
+        if held_out is not None:
+            self.data["eval"] = held_out.info()
+
+    def record_judge(self, reward_model: Artifact | None, reward: str | None) -> None:
+        """What judged the stage's samples: an RM artifact (a parent) or a `module:function`."""
+        if reward_model is not None:
+            self.add_parent(reward_model)
+        self.extra["reward"] = reward or {"stage": "rm"}
+
     def __enter__(self) -> ArtifactWriter:
         return self
 
@@ -193,18 +204,17 @@ class ArtifactWriter:
         if exc_type is not None and self.work_dir.exists() and (self.rank != 0 or not resumable):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    def commit(self, keep_checkpoints: bool = False) -> Artifact:
+    def commit(self) -> Artifact:
         if self.rank != 0:  # the main process commits; this one drops its scratch copy
             wait_for_all_processes()
             shutil.rmtree(self.work_dir, ignore_errors=True)
             return load_artifact(self.output)
-        artifact = self._commit(keep_checkpoints)
+        artifact = self._commit()
         wait_for_all_processes()
         return artifact
 
-    def _commit(self, keep_checkpoints: bool) -> Artifact:
-        if not keep_checkpoints:
-            shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+    def _commit(self) -> Artifact:
+        shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
         files = {
             str(p.relative_to(self.work_dir)): sha256_file(p)
             for p in sorted(self.work_dir.rglob("*"))
@@ -226,6 +236,40 @@ class ArtifactWriter:
         write_json_atomic(self.work_dir / MANIFEST, manifest)
         _swap_into_place(self.work_dir, self.output)
         return load_artifact(self.output)
+
+
+def describe(artifact: Artifact) -> list[Any]:
+    """`align show`: the stage and versions, the lineage back to the first stage, base model, data and
+    a table of the metrics (rich renderables)."""
+    from rich.table import Table
+
+    manifest = artifact.manifest
+    lines: list[Any] = [
+        f"[bold]{artifact.stage}[/bold] {artifact.path}  (created {manifest.get('created')}, "
+        f"align {manifest.get('align_version')}, {manifest.get('model_format', '?')} weights)"
+    ]
+    for ancestor in lineage(artifact)[1:]:
+        lines.append(f"  <- {ancestor.stage}: {ancestor.path}")
+    if manifest.get("base_model"):
+        lines.append(f"base model: {manifest['base_model']}")
+    data = manifest.get("data") or {}
+    if data:
+        lines.append(f"data: {data.get('source')} ({data.get('rows')} rows, dropped {data.get('dropped')})")
+    table = Table("metric", "value", title="metrics")
+    for key, value in manifest.get("metrics", {}).items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return [*lines, table]
+
+
+def lineage(artifact: Artifact) -> list[Artifact]:
+    """The artifact and its ancestors along the policy path (the first parent of each), newest first."""
+    chain = [artifact]
+    while chain[-1].manifest.get("parents"):
+        parent = chain[-1].parent(chain[-1].manifest["parents"][0]["stage"])
+        if parent is None:
+            break
+        chain.append(parent)
+    return chain
 
 
 def update_metrics(artifact: Artifact, metrics: dict[str, Any]) -> Artifact:

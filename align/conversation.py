@@ -10,13 +10,15 @@ under the threshold is replaced by a refusal, and not kept in the history either
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from align.chat import prompt_text
-from align.generation import Sampling, sample_texts
+from align.decoding.generate import Decoding, sample_texts
+from align.errors import ConfigError
 from align.models import load_policy, load_tokenizer, pick_device, resolve_model
 from align.rewards import RewardModel
+from align.text.chat import prompt_text
 
 REFUSAL = "I can't help with that."
 
@@ -25,7 +27,7 @@ REFUSAL = "I can't help with that."
 class Conversation:
     model: Any
     tokenizer: Any
-    sampling: Sampling = field(default_factory=Sampling)
+    decoding: Decoding = field(default_factory=Decoding)
     history_turns: int = 4
     system: str | None = None
     safety: RewardModel | None = None
@@ -35,13 +37,23 @@ class Conversation:
 
     @classmethod
     def load(
-        cls, model: str, safety_model: str | None = None, trust_remote_code: bool = False, **settings: Any
+        cls,
+        model: str,
+        safety_model: str | None = None,
+        trust_remote_code: bool = False,
+        decoding: Decoding | None = None,
+        history_turns: int = 4,
+        system: str | None = None,
+        safety_threshold: float = 0.0,
     ) -> Conversation:
+        if history_turns < 0:
+            raise ConfigError("--history-turns must be >= 0")
         source = resolve_model(model)
         device = pick_device()
         policy = load_policy(source, trust_remote_code).to(device)
         safety = RewardModel.load(safety_model, device=device) if safety_model else None
-        return cls(policy, load_tokenizer(source, trust_remote_code), safety=safety, **settings)
+        tokenizer = load_tokenizer(source, trust_remote_code)
+        return cls(policy, tokenizer, decoding or Decoding(), history_turns, system, safety, safety_threshold)
 
     def messages(self, user: str) -> list[dict[str, str]]:
         """What the model sees: the system prompt, the last `history_turns` exchanges, the new message."""
@@ -53,7 +65,7 @@ class Conversation:
         """The model's answer to `user` (without the EOS text), after the safety filter."""
         prompt = prompt_text(self.tokenizer, self.messages(user))
         self.seed += 1
-        response = sample_texts(self.model, self.tokenizer, [prompt], self.sampling, 1, self.seed)[0]
+        response = sample_texts(self.model, self.tokenizer, [prompt], self.decoding, 1, self.seed)[0]
         if self.safety is not None and self.safety.score([prompt], [response])[0] < self.safety_threshold:
             return REFUSAL
         answer = response.removesuffix(self.tokenizer.eos_token).strip()
@@ -62,3 +74,15 @@ class Conversation:
 
     def reset(self) -> None:
         self.history.clear()
+
+    def run(self, lines: Iterable[str]) -> Iterator[str]:
+        """The terminal chat: a reply per message line; `/reset` clears the history, `/exit` ends."""
+        for line in lines:
+            message = line.strip()
+            if message == "/exit":
+                return
+            if message == "/reset":
+                self.reset()
+                yield "(history cleared)"
+            elif message:
+                yield f"assistant: {self.reply(message)}"

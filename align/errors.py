@@ -17,3 +17,7 @@ class DataError(AlignError):
 
 class ArtifactError(AlignError):
     """An artifact directory that is missing, of the wrong stage, or corrupt."""
+
+
+class TrainingDiverged(AlignError):
+    """The loss became NaN or infinite; the last good checkpoint is kept for --resume."""

@@ -15,20 +15,21 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
 
 from align.artifacts import update_metrics
-from align.chat import prompt_text
 from align.config import EvalConfig
 from align.data import load_data
 from align.data.synthetic import family_of, flaw_of, gold_reward, parse_task
+from align.decoding.generate import Decoding, decode_response, generate_ids, sample_texts
+from align.decoding.logprobs import sequence_kl
 from align.errors import DataError
-from align.generation import Sampling, decode_response, generate_ids, sample_texts, sequence_kl
 from align.models import ModelSource, load_policy, load_tokenizer, pick_device, resolve_model
+from align.registry import STAGES
 from align.rewards import RewardModel
+from align.text.chat import prompt_text
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
@@ -43,8 +44,12 @@ def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> 
     scorer = _scorer(config.reward_model)  # loaded once for every policy
     results, responses = {}, {}
     for model in models:
-        results[model], prompts, responses[model] = _evaluate(replace(config, model=model), scorer)
+        results[model], prompts, responses[model] = _evaluate(
+            config.model_copy(update={"model": model}), scorer
+        )
     judge = judge or config.reward_model
+    if len(models) == 1:
+        return {"policies": results}
     if judge:
         score = (scorer if judge == config.reward_model else _scorer(judge)).score
     elif all(family_of(p) != "unknown" for p in prompts):
@@ -72,9 +77,9 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
     prompts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     synthetic = all(family_of(p) != "unknown" for p in prompts)
     reference = _reference(config, source)
-    decodings = {"sampled": Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)}
+    decodings = {"sampled": Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens)}
     if config.greedy:
-        decodings["greedy"] = Sampling(temperature=None, max_new_tokens=config.max_new_tokens)
+        decodings["greedy"] = Decoding(temperature=None, max_new_tokens=config.max_new_tokens)
     references = _reference_answers(config, prompts, synthetic)
     results: dict[str, Any] = {"prompts": len(prompts), "temperature": config.temperature}
     sampled: list[str] = []
@@ -125,7 +130,7 @@ def best_of_n(
     (`shortest`, minus the characters), whether saying less alone would win. Its KL to the sampling
     policy is log n - (n-1)/n (analytic)."""
     name, score_name, score = pick
-    sampling = Sampling(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
+    sampling = Decoding(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
     repeated = [p for p in prompts for _ in range(n)]
     responses = sample_texts(model, tokenizer, prompts, sampling, config.batch_size, config.seed + 1, n)
     scores = score(repeated, responses)
@@ -213,7 +218,8 @@ def _reference(config: EvalConfig, source: ModelSource) -> ModelSource | None:
     """The explicit reference, else the SFT policy an aligned artifact started from."""
     if config.reference:
         return resolve_model(config.reference)
-    if source.artifact is not None and source.artifact.stage in ("ppo", "dpo", "grpo", "rloo"):
+    stage = STAGES.get(source.artifact.stage) if source.artifact is not None else None
+    if stage is not None and stage.aligns_a_policy:
         parent = source.artifact.parent("sft")
         return ModelSource(str(parent.path), parent) if parent else None
     return None
@@ -297,3 +303,47 @@ def _correlation(xs: list[float], ys: list[float]) -> float | None:
     if len(xs) < 2 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
         return None
     return statistics.correlation(xs, ys)
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """`compare`'s figures on the terminal: a table per policy (gold, its interval, RM score, EOS rate,
+    gold per family), the KL, the responses by what they did, the extras, then the win rates."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for model, figures in results["policies"].items():
+        families = list(figures.get("gold_sampled_by_family", {}))
+        table = Table("decoding", "gold", "±95%", "RM score", "EOS rate", *families, title=model)
+        for name in ("sampled", "greedy"):
+            if f"eos_rate_{name}" in figures:
+                table.add_row(name, *_decoding_row(figures, name))
+        console.print(table)
+        if "kl_to_reference" in figures:
+            console.print(f"KL to {figures['reference']}: {figures['kl_to_reference']:.3f} nats per response")
+        for name in ("sampled", "greedy"):
+            if f"flaws_{name}" in figures:
+                shares = ", ".join(f"{kind} {share:.2f}" for kind, share in figures[f"flaws_{name}"].items())
+                console.print(f"responses ({name}): {shares}")
+        extras = {k: v for k, v in figures.items() if k.startswith(_EXTRAS) and isinstance(v, float)}
+        if extras:
+            console.print("  ".join(f"{k} {v:.3f}" for k, v in extras.items()))
+    for match, f in results.get("win_rate", {}).items():
+        console.print(
+            f"win rate {match} (judge {results['judge']}): {f['win_rate']:.3f} ± {f['ci95']:.3f}  "
+            f"({f['wins']} wins, {f['ties']} ties, {f['losses']} losses)"
+        )
+
+
+_EXTRAS = ("best_of_", "shortest_of_", "bleu_", "rougeL_", "text_perplexity")
+
+
+def _decoding_row(figures: dict[str, Any], name: str) -> list[str]:
+    gold = figures.get(f"gold_{name}")
+    return [
+        "-" if gold is None else f"{gold:.3f}",
+        "-" if gold is None else f"{figures[f'gold_{name}_ci95']:.3f}",
+        f"{figures[f'rm_score_{name}']:.3f}" if f"rm_score_{name}" in figures else "-",
+        f"{figures[f'eos_rate_{name}']:.2f}",
+        *(f"{v:.2f}" for v in figures.get(f"gold_{name}_by_family", {}).values()),
+    ]

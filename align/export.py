@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from align.artifacts import Artifact, ArtifactWriter
+from align.artifacts import Artifact, ArtifactWriter, lineage
 from align.models import ModelSource, load_policy, load_tokenizer, record_base, resolve_model
 
 _HEADLINE = (
@@ -43,18 +43,6 @@ def run(model: str, output: str | Path, push_to_hub: str | None = None) -> Artif
     return artifact
 
 
-def lineage(artifact: Artifact) -> list[Artifact]:
-    """The artifact and its ancestors along the policy path (first parent of each), oldest first."""
-    chain = [artifact]
-    while chain[-1].manifest.get("parents"):
-        record = chain[-1].manifest["parents"][0]
-        parent = chain[-1].parent(record["stage"])
-        if parent is None:
-            break
-        chain.append(parent)
-    return chain[::-1]
-
-
 def model_card(source: ModelSource) -> str:
     lines = [
         "---",
@@ -83,7 +71,7 @@ def model_card(source: ModelSource) -> str:
         "| stage | data | data sha256 | artifact content sha256 | metrics |",
         "|---|---|---|---|---|",
     ]
-    for artifact in lineage(source.artifact):
+    for artifact in lineage(source.artifact)[::-1]:
         data = artifact.manifest.get("data", {})
         metrics = ", ".join(
             f"{k} {v:.3f}" for k, v in artifact.metrics.items() if k in _HEADLINE and isinstance(v, float)
@@ -95,7 +83,7 @@ def model_card(source: ModelSource) -> str:
     reward = source.artifact.manifest.get("reward")
     if reward:
         lines += ["", f"Reward: {reward}"]
-    base = lineage(source.artifact)[0].manifest.get("base_model", {})
+    base = lineage(source.artifact)[-1].manifest.get("base_model", {})
     lines += ["", f"Base model: {base or 'trained from scratch by align pretrain'}", ""]
     return "\n".join(lines)
 

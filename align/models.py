@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from align.artifacts import POLICY_STAGES, Artifact, ArtifactWriter, is_artifact, load_artifact
-from align.chat import ensure_chat_template
+from align.artifacts import Artifact, ArtifactWriter, is_artifact, load_artifact
 from align.config import LoraSettings
 from align.errors import ArtifactError, ConfigError
+from align.registry import POLICY_STAGES
+from align.text.chat import ensure_chat_template
 
 # peft's own default for GPT-2 is c_attn only; the MLP matters as much for instruction tuning.
 _LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"]}
@@ -33,10 +34,6 @@ class ModelSource:
 
     name: str
     artifact: Artifact | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.artifact is not None or Path(self.name).is_dir()
 
     def record(self) -> dict[str, Any]:
         """How the manifest names this model (artifacts are recorded as parents instead)."""
@@ -207,8 +204,8 @@ def load_pretrained(auto_class: Any, location: str | Path, what: str, **kwargs: 
 
 def fuse_activations(model: Any) -> Any:
     """Swap transformers' tanh GELU written as seven elementwise ops (`gelu_new`, GPT-2's activation) for
-    torch's fused kernel of the same function (equal to 1e-6): a tenth off a small model's training step
-    on CPU. Only the modules change; the config keeps `gelu_new`, so saved models stay canonical."""
+    torch's fused kernel of the same function (equal to 1e-6; README, Performance, has the gain). Only the
+    modules change; the config keeps `gelu_new`, so saved models stay canonical."""
     from transformers.activations import GELUTanh, NewGELUActivation
 
     for module in model.modules():

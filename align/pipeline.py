@@ -9,39 +9,16 @@ changed, and what depends on it.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from align import config as configs
-from align.artifacts import Artifact, is_artifact, load_artifact
-from align.config import build_config, load_recipe, to_dict
+from align.artifacts import is_artifact, load_artifact
+from align.config import load_recipe, make_config, merge, rename_keys, to_dict
 from align.data.sources import open_source
 from align.errors import ConfigError
-
-ORDER = ("pretrain", "sft", "pairs", "rm", "ppo", "dpo", "grpo", "rloo")
-CONFIGS = {
-    "pretrain": configs.PretrainConfig,
-    "sft": configs.SFTConfig,
-    "pairs": configs.PairsConfig,
-    "rm": configs.RMConfig,
-    "ppo": configs.PPOConfig,
-    "dpo": configs.DPOConfig,
-    "grpo": configs.GRPOConfig,
-    "rloo": configs.RLOOConfig,
-}
-# which earlier artifact fills which input of a stage
-INPUTS = {
-    "sft": {"model": "pretrain"},
-    "pairs": {"model": "sft"},
-    "rm": {"model": "sft", "data": "pairs"},
-    "ppo": {"model": "sft", "reward_model": "rm"},
-    "dpo": {"model": "sft", "data": "pairs"},
-    "grpo": {"model": "sft"},
-    "rloo": {"model": "sft"},
-}
+from align.registry import STAGES
 
 
 @dataclass
@@ -65,13 +42,13 @@ def run(
         raise ConfigError(f"{recipe}: unknown pipeline key(s) {sorted(unknown)} (known: run, stages, set)")
     root = Path(root or spec.get("run") or "runs/pipeline")
     stages = spec.get("stages") or {}
-    bad = [s for s in stages if s not in ORDER]
+    bad = [s for s in stages if s not in STAGES]
     if bad:
-        raise ConfigError(f"{recipe}: unknown stage(s) {bad} (known: {', '.join(ORDER)})")
+        raise ConfigError(f"{recipe}: unknown stage(s) {bad} (known: {', '.join(STAGES)})")
     for name in (start, only):
         if name is not None and name not in stages:
             raise ConfigError(f"stage '{name}' is not in {recipe} (has: {', '.join(stages)})")
-    ordered = [s for s in ORDER if s in stages]
+    ordered = [s for s in STAGES if s in stages]
     configs_by_stage = {
         stage: _stage_config(stage, stages[stage], spec.get("set", {}).get(stage, {}), root, stages)
         for stage in ordered
@@ -92,8 +69,7 @@ def run(
             continue
         forced = True  # everything after a rerun stage depends on it
         report(f"{stage}: running -> {output}")
-        module = importlib.import_module(f"align.stages.{stage}")
-        artifact: Artifact = module.run(config)
+        artifact = STAGES[stage].run(config)
         results.append(StageResult(stage, artifact.path, False))
     return results
 
@@ -115,15 +91,12 @@ def up_to_date(output: Path, config: Any) -> bool:
 
 
 def _stage_config(stage: str, recipe: str, sets: dict[str, Any], root: Path, stages: dict[str, str]) -> Any:
-    flags: dict[str, Any] = {"output": str(root / stage)}
-    for field, parent in INPUTS.get(stage, {}).items():
-        if parent in stages:
-            flags[field] = str(root / parent)
-    if stage in ("ppo", "grpo", "rloo") and "reward_model" in flags:
-        flags["reward"] = None  # the pipeline's RM replaces a recipe's reward function
-    overrides = [f"{key}={value}" for key, value in sets.items()]
-    config = build_config(CONFIGS[stage], recipe, {}, overrides)
-    for key, value in flags.items():  # wiring wins over recipes: stages must chain within this run
-        setattr(config, key, value)
-    config.validate()
-    return config
+    """The stage's recipe and `set` overrides, wired to the artifacts of this run: wiring wins, so the
+    stages chain within the run (the run's RM replaces a recipe's reward function)."""
+    cls = STAGES[stage].config
+    values = merge(rename_keys(cls, load_recipe(recipe)), rename_keys(cls, dict(sets), dotted=True))
+    wiring = {"output": str(root / stage)}
+    wiring.update(
+        {field: str(root / parent) for field, parent in STAGES[stage].inputs.items() if parent in stages}
+    )
+    return make_config(cls, merge(values, wiring))

@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align.artifacts import POLICY_STAGES, Artifact, load_artifact
+from align.artifacts import Artifact, load_artifact
 from align.errors import ArtifactError
+from align.registry import POLICY_STAGES
 
 
 def build(run_dir: str | Path, output: str | Path | None = None) -> Path:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from align.artifacts import Artifact, load_artifact
-from align.chat import prompt_text
 from align.errors import AlignError, ConfigError
+from align.text.chat import prompt_text
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -66,6 +66,23 @@ class RewardModel:
     __call__ = score
 
 
+def score_file(reward_model: str, data: str) -> list[dict[str, Any]]:
+    """`align rm score`: every (prompt, response) row of an sft-shaped file with the RM's score (the
+    response read as finished, EOS appended)."""
+    from align.data import load_data
+
+    rows = load_data(data, "sft").rows
+    scorer = RewardModel.load(reward_model)
+    answers = [row["completion"][0]["content"] for row in rows]
+    scores = scorer.score_messages(
+        [r["prompt"] for r in rows], [a + scorer.tokenizer.eos_token for a in answers]
+    )
+    return [
+        {"prompt": row["prompt"], "response": answer, "score": score}
+        for row, answer, score in zip(rows, answers, scores, strict=True)
+    ]
+
+
 def load_judge(
     reward_model: str | None, reward: str | None, device: str | torch.device | None = None
 ) -> tuple[Artifact | None, RewardFn]:
@@ -110,3 +127,17 @@ def checked(function: RewardFn, name: str) -> RewardFn:
             raise AlignError(f"reward {name} must return numbers, got {values[:3]!r}") from None
 
     return score
+
+
+def trl_reward(reward: RewardFn, tokenizer: Any) -> Callable[..., list[float]]:
+    """Our reward protocol as a TRL reward function `f(prompts, completions, completion_ids=...)`: rendered
+    prompts, and responses that keep the EOS text when the policy stopped."""
+    from align.decoding.generate import decode_response
+
+    def align_reward(
+        prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **_: Any
+    ) -> list[float]:
+        rendered = [prompt_text(tokenizer, p) if isinstance(p, list) else p for p in prompts]
+        return reward(rendered, [decode_response(tokenizer, ids) for ids in completion_ids])
+
+    return align_reward

@@ -52,9 +52,9 @@ def stages(runs: Path, base: Path, steps: int) -> dict[str, list[str]]:
         ],
         "ppo": [
             *("--recipe", "recipes/gpt2/ppo_hh.yaml", "--model", str(runs / "sft"), "--prompts", str(HH)),
-            *("--reward-model", str(runs / "rm"), "--steps", str(steps)),
+            *("--reward-model", str(runs / "rm"), "--max-steps", str(steps)),
             *("--set", "ppo.rollouts=8", "--set", "ppo.mini_batch_size=4", "--set", "ppo.micro_batch_size=2"),
-            *("--set", "ppo.max_new_tokens=16", "--set", "ppo.save_every=0"),
+            *("--set", "ppo.max_new_tokens=16", "--set", "train.save_steps=0"),
         ],
         "dpo": [
             "--recipe",

@@ -95,7 +95,7 @@ def random_model_dir(
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from align.config import TokenizerSettings
-    from align.tokenizer import train_tokenizer
+    from align.text.bpe import train_tokenizer
 
     directory = root / size
     if texts is None:

@@ -39,8 +39,15 @@ def timed_run(runs: Path, way: str, steps: int, out: Path, device: torch.device)
             "--reward-model",
             str(runs / "rm"),
         ),
-        *("--steps", str(steps), "--set", f"ppo.rollout_engine={engine}", "--set", f"ppo.packing={packing}"),
-        *("--set", "ppo.save_every=0"),
+        *(
+            "--max-steps",
+            str(steps),
+            "--set",
+            f"ppo.rollout_engine={engine}",
+            "--set",
+            f"ppo.packing={packing}",
+        ),
+        *("--set", "train.save_steps=0"),
     )[1:]
     for row in rows:
         row["seconds_step"] = row["seconds_rollout"] + row["seconds_update"]

@@ -1,11 +1,11 @@
-"""Rollout throughput: our LeanSampler against plain `model.generate`, same model, prompts and length.
+"""Rollout throughput: our LeanEngine against plain `model.generate`, same model, prompts and length.
 
     python bench/rollout.py [--device cpu|cuda] [--size tiny|micro|gpt2|gpt2-medium] [--model ART]
                             [--batch 64] [--new-tokens 64] [--lora]
 
 By default a random-initialised GPT-2 of the tiny recipe's shape (4x192, 2.0M parameters; `--size micro`
 is the 4x128, 0.94M one); `--model` takes a policy artifact or HF model instead. With `--lora` the policy
-carries a LoRA adapter as in PPO (generate pays the adapter's extra matmuls per token; LeanSampler
+carries a LoRA adapter as in PPO (generate pays the adapter's extra matmuls per token; LeanEngine
 merges it for the rollout). Both engines sample at temperature 1 with an EOS outside the vocabulary, so
 every row decodes every step and the token counts are equal. Prints one JSON line: new tokens per
 second of each engine (median of the repeats after a warm-up round) and the ratio. That both sample
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lora", action="store_true")
     args = parser.parse_args()
-    from align.stages.ppo.rollout import HFSampler, LeanSampler
+    from align.decoding.engines import GenerateEngine, LeanEngine
 
     device = device_of(args)
     model, parameters = build_model(args, device)
@@ -61,8 +61,8 @@ def main() -> None:
     queries = torch.randint(5, model.config.vocab_size, (args.batch, args.prompt_tokens), device=device)
     mask = torch.ones_like(queries)
     engines = {
-        "generate": HFSampler(ids, 1.0, args.new_tokens),
-        "lean": LeanSampler(ids, 1.0, args.new_tokens),
+        "generate": GenerateEngine(ids, 1.0, args.new_tokens),
+        "lean": LeanEngine(ids, 1.0, args.new_tokens),
     }
     seconds: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(args.repeats + 1):  # the first round warms up

@@ -69,7 +69,7 @@ def methods(runs: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
-OVEROPTIMISATION = {"beta0": ["--kl-coef", "0"], "steps4x": ["--steps", "600"]}
+OVEROPTIMISATION = {"beta0": ["--kl-coef", "0"], "steps4x": ["--max-steps", "600"]}
 
 
 def train(command: list[str], output: Path) -> float | None:

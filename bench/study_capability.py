@@ -18,7 +18,8 @@ from pathlib import Path
 
 from harness import align, emit
 
-from align.data.synthetic import PRESETS, SynthSettings, write
+from align.data.synthetic import PRESETS
+from align.data.synthetic_sets import SynthSettings, write
 
 
 def main() -> None:

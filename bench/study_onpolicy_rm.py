@@ -34,18 +34,18 @@ REFRESHED_RM_EPOCHS = "4"
 
 def best_of_n(policy: Path, rms: dict[str, Path], n: int = 8, prompts: int = 600) -> dict:
     """Gold of the answer each RM ranks first among n samples, per family; random and oracle beside."""
-    from align.chat import prompt_text
     from align.data import load_data
     from align.data.synthetic import family_of, gold_reward
-    from align.generation import Sampling, sample_texts
+    from align.decoding.generate import Decoding, sample_texts
     from align.models import load_policy, load_tokenizer, resolve_model
     from align.rewards import RewardModel
+    from align.text.chat import prompt_text
 
     source = resolve_model(str(policy))
     tokenizer = load_tokenizer(source, False)
     rows = load_data("data/synthetic/eval.jsonl", "prompts", prompts).rows
     rendered = [prompt_text(tokenizer, row["prompt"]) for row in rows]
-    sampling = Sampling(temperature=0.7, max_new_tokens=24)
+    sampling = Decoding(temperature=0.7, max_new_tokens=24)
     responses = sample_texts(load_policy(source, False), tokenizer, rendered, sampling, 256, 7, n)
     repeated = [p for p in rendered for _ in range(n)]
     gold = gold_reward(repeated, responses)
@@ -73,9 +73,9 @@ def answer_checks(rm: Path, prompts: int = 1200) -> dict[str, float]:
     """How often the RM scores the right answer above a wrong one on held-out prompts: the last word
     against the first (the SFT's slip), against a word the prompt lacks, and against saying nothing;
     a count against count + 1; a sorted list against the reversed one. PPO finds every check it fails."""
-    from align.chat import prompt_text
     from align.data.synthetic import WORDS, parse_task
     from align.rewards import RewardModel
+    from align.text.chat import prompt_text
 
     model = RewardModel.load(rm, "cpu")
     tokenizer = model.tokenizer

@@ -48,14 +48,14 @@ VARIANTS = {
 def training_gold_accuracy(rm: Path, limit: int = 1500) -> float:
     """Gold-ranking accuracy on the pairs the RM trained on (the stage's own split, rebuilt)."""
     from align.artifacts import load_artifact
-    from align.config import RMConfig, from_dict
+    from align.config import RMConfig, make_config
     from align.data import load_data
     from align.evaluation import reward_model_report
     from align.rewards import RewardModel
     from align.stages.rm import split_by_group
-    from align.tokenize import tokenize_pairs
+    from align.text.encoding import tokenize_pairs
 
-    config = from_dict(RMConfig, load_artifact(rm, expect_stage="rm").manifest["config"])
+    config = make_config(RMConfig, load_artifact(rm, expect_stage="rm").manifest["config"])
     scorer = RewardModel.load(rm)
     rows = tokenize_pairs(load_data(config.data, "pairs"), scorer.tokenizer, config.max_length, config.margin)
     train, _ = split_by_group(rows, config.eval_fraction, config.train.seed)

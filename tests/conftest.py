@@ -121,14 +121,14 @@ def micro_ppo(micro_sft: Path, micro_rm: Path, micro_runs: Path) -> Path:
         micro_rm,
         "--output",
         output,
-        "--steps",
+        "--max-steps",
         "8",
         *sets(
             "ppo.rollouts=16",
             "ppo.mini_batch_size=8",
             "ppo.micro_batch_size=8",
             "ppo.max_new_tokens=12",
-            "ppo.save_every=0",
+            "train.save_steps=0",
             "ppo.sample_every=0",
         ),
     )

@@ -1,1 +1,89 @@
-"""Human feedback in the loop: `align label` (rank K responses) and `align arena` (blind A/B votes)."""
+"""Human feedback in the loop: `align label` (rank K responses) and `align arena` (blind A/B votes).
+
+The tasks (`tasks.py`) hold what a page asks for and records, `store.py` the append-only judgement log,
+`server.py` the two pages and their JSON API; a task also runs headless with a reward as the judge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from align.decoding.generate import Decoding
+from align.errors import ConfigError
+from align.feedback.tasks import ArenaTask, FeedbackTask, LabelTask, PolicyAnswers
+
+
+def label_task(
+    model: str,
+    data: str,
+    output: Path,
+    k: int,
+    limit: int | None,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    annotator: str,
+) -> LabelTask:
+    if k < 2:
+        raise ConfigError("--k must be >= 2")
+    policy = PolicyAnswers(model, _decoding(temperature, max_new_tokens), seed)
+    return LabelTask(*_inputs(data, limit, output), annotator, sampler=policy, k=k)
+
+
+def arena_task(
+    model_a: str,
+    model_b: str,
+    data: str,
+    output: Path,
+    limit: int | None,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    annotator: str,
+) -> ArenaTask:
+    decoding = _decoding(temperature, max_new_tokens)
+    a, b = PolicyAnswers(model_a, decoding, seed), PolicyAnswers(model_b, decoding, seed)
+    return ArenaTask(*_inputs(data, limit, output), annotator, a=a, b=b, seed=seed)
+
+
+def run_task(
+    task: FeedbackTask,
+    page: str,
+    host: str,
+    port: int,
+    reward: str | None,
+    reward_model: str | None,
+    echo: Callable[[str], None],
+) -> None:
+    """Judge headless with a reward when one is given, else serve the page until interrupted."""
+    if reward and reward_model:
+        raise ConfigError("give --reward or --reward-model as the judge, not both")
+    if reward or reward_model:
+        from align.feedback.tasks import judge_all
+        from align.rewards import load_judge
+
+        echo(json.dumps(judge_all(task, load_judge(reward_model, reward)[1])))
+        return
+    from align.feedback.server import serve
+
+    progress = task.progress()
+    echo(
+        f"http://{host}:{port}/  ({progress['done']} of {progress['total']} judged; Ctrl-C stops, nothing is lost)"
+    )
+    serve(task, page, host, port)
+
+
+def _decoding(temperature: float, max_new_tokens: int) -> Decoding:
+    if temperature <= 0 or max_new_tokens < 1:
+        raise ConfigError("--temperature must be > 0 and --max-new-tokens >= 1")
+    return Decoding(temperature=temperature, max_new_tokens=max_new_tokens)
+
+
+def _inputs(data: str, limit: int | None, output: Path) -> tuple:
+    from align.data import load_data
+    from align.feedback.store import JudgementLog
+
+    prompts = [row["prompt"] for row in load_data(data, "prompts", limit).rows]
+    return prompts, JudgementLog(output)

@@ -12,22 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from align.chat import prompt_text
+from align.decoding.generate import Decoding, sample_texts
 from align.errors import DataError
 from align.evaluation import win_rate
 from align.feedback.store import JudgementLog
-from align.generation import Sampling, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, resolve_model
+from align.text.chat import prompt_text
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]
 
 
-class Sampler:
+class PolicyAnswers:
     """A policy that answers one prompt n times, deterministically per (prompt item, seed)."""
 
-    def __init__(self, model: str, sampling: Sampling, seed: int = 0):
+    def __init__(self, model: str, decoding: Decoding, seed: int = 0):
         source = resolve_model(model)
-        self.name, self.sampling, self.seed = model, sampling, seed
+        self.name, self.decoding, self.seed = model, decoding, seed
         self.tokenizer = load_tokenizer(source)
         self.model = load_policy(source).to(pick_device())
 
@@ -36,7 +36,7 @@ class Sampler:
 
     def sample(self, prompt: list[dict[str, str]], n: int, item: int) -> list[str]:
         seed = self.seed * 1_000_003 + item
-        return sample_texts(self.model, self.tokenizer, [self.render(prompt)], self.sampling, n, seed, n)
+        return sample_texts(self.model, self.tokenizer, [self.render(prompt)], self.decoding, n, seed, n)
 
     def strip(self, response: str) -> str:
         """The text a person reads and a pairs file stores (training adds the EOS back)."""
@@ -96,7 +96,7 @@ class FeedbackTask:
 class LabelTask(FeedbackTask):
     """Rank K responses of one policy per prompt (or pick best and worst, or call a tie, or skip)."""
 
-    sampler: Sampler | None = None
+    sampler: PolicyAnswers | None = None
     k: int = 4
 
     def raw_responses(self, item: int) -> list[str]:
@@ -133,8 +133,8 @@ class LabelTask(FeedbackTask):
 class ArenaTask(FeedbackTask):
     """Blind A/B: one response of each policy per prompt, sides shuffled per prompt, names hidden."""
 
-    a: Sampler | None = None
-    b: Sampler | None = None
+    a: PolicyAnswers | None = None
+    b: PolicyAnswers | None = None
     seed: int = 0
 
     def pair(self, item: int) -> dict[str, Any]:

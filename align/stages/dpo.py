@@ -14,23 +14,20 @@ import copy
 import random
 from typing import Any
 
-import datasets
 import torch
 from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
-from align import training
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import DPOConfig, to_dict
 from align.data import Dataset, load_data
+from align.data.splits import by_group, hold_out
 from align.errors import ConfigError
-from align.models import load_policy, load_tokenizer, lora_config, pick_device, resolve_model, save_policy
+from align.models import load_policy, load_tokenizer, pick_device, resolve_model, save_policy
 from align.rewards import load_judge
+from align.stages import trl_stage
 from align.stages.pairs import sample_pairs
-from align.stages.rm import split_by_group
-from align.tokenize import tokenize_pairs
-
-_PAIR_FIELDS = ("prompt", "chosen", "rejected", "group")
+from align.text.encoding import tokenize_pairs
 
 
 def run(config: DPOConfig, resume: bool = False) -> Artifact:
@@ -45,15 +42,10 @@ def run(config: DPOConfig, resume: bool = False) -> Artifact:
     model = load_policy(source, config.trust_remote_code)
     reference = None if config.lora.enabled else copy.deepcopy(model).eval().requires_grad_(False)
     with ArtifactWriter(config.output, "dpo", to_dict(config), resume) as writer:
-        trainer = _trainer(config, model, reference, tokenizer, writer, train_rows, eval_rows)
-        summary = training.train(trainer, writer, resume)
-        if eval_rows:
-            summary.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
+        trainer, summary = _fit(config, model, reference, tokenizer, writer, train_rows, eval_rows, resume)
         summary["reference_copies"] = 0 if reference is None else 1
         save_policy(trainer.model, tokenizer, writer, source, config.lora.enabled)
-        writer.data = data.info()
-        if held_out:
-            writer.data["eval"] = held_out.info()
+        writer.record_data(data, held_out)
         writer.metrics = summary
         return writer.commit()
 
@@ -90,17 +82,14 @@ def run_iterative(config: DPOConfig, resume: bool = False) -> Artifact:
                 pairs.rows.extend(offline.rows)
             train_rows, eval_rows = _rows(config, tokenizer, pairs, None)
             reference = None if config.lora.enabled else copy.deepcopy(policy).eval().requires_grad_(False)
-            trainer = _trainer(config, policy, reference, tokenizer, writer, train_rows, eval_rows)
-            summary = training.train(trainer, writer, resume=False)
-            if eval_rows:
-                summary.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
+            trainer, summary = _fit(
+                config, policy, reference, tokenizer, writer, train_rows, eval_rows, False
+            )
             policy = trainer.model.merge_and_unload() if config.lora.enabled else trainer.model
             rounds.append({"round": number + 1, **stats, **summary})
         save_policy(policy, tokenizer, writer, source, lora=False)
-        if judge_artifact is not None:
-            writer.add_parent(judge_artifact)
-        writer.extra["reward"] = config.reward or {"stage": "rm"}
-        writer.data = prompts_data.info()
+        writer.record_judge(judge_artifact, config.reward)
+        writer.record_data(prompts_data)
         if offline is not None:
             writer.data["offline_pairs"] = offline.info()
         writer.metrics = {
@@ -117,14 +106,17 @@ def _rows(
     unless a held-out set is given)."""
     for dataset in filter(None, (data, held_out)):
         tokenize_pairs(dataset, tokenizer, config.max_length, 0.0)  # drops and counts over-long pairs
-    train_rows = [{k: row[k] for k in _PAIR_FIELDS} for row in data.rows]
-    eval_rows = [{k: row[k] for k in _PAIR_FIELDS} for row in held_out.rows] if held_out else None
+    train_rows, eval_rows = data.rows, held_out.rows if held_out else None
     if eval_rows is None and config.eval_fraction > 0:
-        train_rows, eval_rows = split_by_group(train_rows, config.eval_fraction, config.train.seed)
-    return train_rows, eval_rows
+        train_rows, eval_rows = hold_out(train_rows, config.eval_fraction, config.train.seed, by_group)
+    return _pairs(train_rows), _pairs(eval_rows) if eval_rows else None
 
 
-def _trainer(
+def _pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+
+
+def _fit(
     config: DPOConfig,
     model: Any,
     reference: Any,
@@ -132,26 +124,18 @@ def _trainer(
     writer: ArtifactWriter,
     train_rows: list[dict[str, Any]],
     eval_rows: list[dict[str, Any]] | None,
-) -> DPOTrainer:
+    resume: bool,
+) -> tuple[DPOTrainer, dict[str, Any]]:
     losses = [config.loss_type] + (["sft"] if config.sft_weight else [])
-    return DPOTrainer(
-        model=model,
-        ref_model=reference,
-        args=training.trainer_config(
-            TRLDPOConfig,
-            config.train,
-            writer,
-            has_eval=bool(eval_rows),
-            max_length=config.max_length,
-            beta=config.beta,
-            loss_type=losses,
-            loss_weights=[1.0, config.sft_weight][: len(losses)],
-            label_smoothing=config.label_smoothing,
-            precompute_ref_log_probs=config.precompute_ref_log_probs,
-        ),
-        train_dataset=datasets.Dataset.from_list(train_rows).remove_columns("group"),
-        eval_dataset=datasets.Dataset.from_list(eval_rows).remove_columns("group") if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora, model) if config.lora.enabled else None,
-        callbacks=training.callbacks(writer),
+    fields = {"max_length": config.max_length, "beta": config.beta, "loss_type": losses}
+    fields.update(
+        loss_weights=[1.0, config.sft_weight][: len(losses)], label_smoothing=config.label_smoothing
     )
+    fields["precompute_ref_log_probs"] = config.precompute_ref_log_probs
+    trainer, summary = trl_stage.fit(
+        DPOTrainer, TRLDPOConfig, config, model, tokenizer, writer, (train_rows, eval_rows), fields, resume,
+        ref_model=reference,
+    )  # fmt: skip
+    if eval_rows:
+        summary.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
+    return trainer, summary

@@ -11,7 +11,7 @@ from trl import GRPOTrainer
 
 from align.artifacts import Artifact
 from align.config import GRPOConfig
-from align.stages.online import run_online
+from align.stages.trl_stage import run_online
 
 
 def run(config: GRPOConfig, resume: bool = False) -> Artifact:

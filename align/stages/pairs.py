@@ -23,12 +23,12 @@ import time
 from typing import Any
 
 from align.artifacts import Artifact, ArtifactWriter
-from align.chat import prompt_text
-from align.config import PairsConfig, SamplingSettings, to_dict
+from align.config import PairSampling, PairsConfig, to_dict
 from align.data import load_data
-from align.generation import Sampling, sample_texts
+from align.decoding.generate import Decoding, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, record_base, resolve_model
 from align.rewards import RewardFn, load_judge
+from align.text.chat import prompt_text
 
 
 def run(config: PairsConfig, resume: bool = False) -> Artifact:
@@ -47,10 +47,8 @@ def run(config: PairsConfig, resume: bool = False) -> Artifact:
         with open(writer.work_dir / "data" / "pairs.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
         record_base(writer, source)
-        if judge_artifact is not None:
-            writer.add_parent(judge_artifact)
-        writer.extra["reward"] = config.reward or {"stage": "rm"}
-        writer.data = prompts.info()
+        writer.record_judge(judge_artifact, config.reward)
+        writer.record_data(prompts)
         writer.metrics = {**stats, "seconds": round(time.perf_counter() - started, 1)}
         return writer.commit()
 
@@ -60,7 +58,7 @@ def sample_pairs(
     tokenizer: Any,
     prompts: list[list[dict[str, str]]],
     judge: RewardFn,
-    sampling: SamplingSettings,
+    sampling: PairSampling,
     seed: int,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Pairs from the n samples of each prompt the judge does not score all alike: its best vs worst, or
@@ -68,7 +66,7 @@ def sample_pairs(
     so a held-out split keeps them together."""
     rendered = [prompt_text(tokenizer, p) for p in prompts]
     repeated = [p for p in rendered for _ in range(sampling.n)]
-    decoding = Sampling(temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens)
+    decoding = Decoding(temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens)
     responses = sample_texts(policy, tokenizer, rendered, decoding, sampling.batch_size, seed, sampling.n)
     scores = judge(repeated, responses)
     rows, tied, flipped = label_pairs(prompts, responses, scores, sampling, seed, tokenizer.eos_token)
@@ -88,7 +86,7 @@ def label_pairs(
     prompts: list[Any],
     responses: list[str],
     scores: list[float],
-    sampling: SamplingSettings,
+    sampling: PairSampling,
     seed: int,
     eos: str,
 ) -> tuple[list[dict[str, Any]], int, int]:

@@ -13,18 +13,17 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import datasets
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from align import training
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import PretrainConfig, to_dict
 from align.data import load_data
 from align.models import fuse_activations
-from align.tokenizer import train_tokenizer
+from align.stages import trl_stage
+from align.text.bpe import train_tokenizer
 
 
 def run(config: PretrainConfig, resume: bool = False) -> Artifact:
@@ -38,30 +37,18 @@ def run(config: PretrainConfig, resume: bool = False) -> Artifact:
         tokenizer = train_tokenizer(train_texts, config.tokenizer)
         torch.manual_seed(config.train.seed)
         model = fuse_activations(GPT2LMHeadModel(_gpt2_config(config, tokenizer)))
-        trainer = SFTTrainer(
-            model=model,
-            args=training.trainer_config(
-                TRLSFTConfig,
-                config.train,
-                writer,
-                has_eval=True,
-                max_length=config.block_size,
-                packing=True,
-                packing_strategy="wrapped",
-                eval_packing=True,
-            ),
-            train_dataset=datasets.Dataset.from_dict({"text": train_texts}),
-            eval_dataset=datasets.Dataset.from_dict({"text": eval_texts}),
-            processing_class=tokenizer,
-            callbacks=training.callbacks(writer),
+        rows = ([{"text": text} for text in train_texts], [{"text": text} for text in eval_texts])
+        fields = {"max_length": config.block_size, "packing": True, "packing_strategy": "wrapped"}
+        fields["eval_packing"] = True
+        trainer, summary = trl_stage.fit(
+            SFTTrainer, TRLSFTConfig, config, model, tokenizer, writer, rows, fields, resume
         )
-        summary = training.train(trainer, writer, resume)
-        summary.update(training.evaluate_loss(trainer))
+        summary.update(trl_stage.evaluate_loss(trainer))
         summary["uniform_perplexity"] = len(tokenizer)
         summary["parameters"] = sum(p.numel() for p in model.parameters())
         trainer.model.save_pretrained(str(writer.model_dir))
         tokenizer.save_pretrained(str(writer.model_dir))
-        writer.data = data.info()
+        writer.record_data(data)
         writer.metrics = summary
         writer.extra["model_format"] = "full"
         return writer.commit()

@@ -11,7 +11,7 @@ from trl import RLOOTrainer
 
 from align.artifacts import Artifact
 from align.config import RLOOConfig
-from align.stages.online import run_online
+from align.stages.trl_stage import run_online
 
 
 def run(config: RLOOConfig, resume: bool = False) -> Artifact:

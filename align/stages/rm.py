@@ -15,29 +15,27 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-import datasets
 import torch
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
-from align import training
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import RMConfig, to_dict
 from align.data import load_data
+from align.data.splits import by_group, hold_out
 from align.errors import DataError
 from align.evaluation import reward_model_report
 from align.models import (
     fuse_activations,
     load_policy,
     load_tokenizer,
-    lora_config,
     record_base,
     resolve_model,
 )
 from align.rewards import RewardModel
-from align.tokenize import tokenize_pairs
-
-PAD = "<|pad|>"
+from align.stages import trl_stage
+from align.text.bpe import PAD
+from align.text.encoding import tokenize_pairs
 
 
 def run(config: RMConfig, resume: bool = False) -> Artifact:
@@ -50,30 +48,18 @@ def run(config: RMConfig, resume: bool = False) -> Artifact:
     train_rows = tokenize_pairs(data, tokenizer, config.max_length, config.margin)
     eval_rows = tokenize_pairs(held_out, tokenizer, config.max_length, config.margin) if held_out else None
     if eval_rows is None and config.eval_fraction > 0:
-        train_rows, eval_rows = split_by_group(train_rows, config.eval_fraction, config.train.seed)
+        train_rows, eval_rows = hold_out(train_rows, config.eval_fraction, config.train.seed, by_group)
 
     torch.manual_seed(config.train.seed)
     model = reward_model_from_policy(load_policy(source, config.trust_remote_code), tokenizer)
     with ArtifactWriter(config.output, "rm", to_dict(config), resume) as writer:
+        fields = {"max_length": config.max_length, "center_rewards_coefficient": config.center_rewards}
+        fields["remove_unused_columns"] = False  # the group column orders the batches
         trainer_cls = GroupedRewardTrainer if config.group_rankings else RewardTrainer
-        trainer = trainer_cls(
-            model=model,
-            args=training.trainer_config(
-                RewardConfig,
-                config.train,
-                writer,
-                has_eval=bool(eval_rows),
-                max_length=config.max_length,
-                center_rewards_coefficient=config.center_rewards,
-                remove_unused_columns=False,
-            ),
-            train_dataset=datasets.Dataset.from_list(train_rows),
-            eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
-            processing_class=tokenizer,
-            peft_config=lora_config(config.lora, model, "SEQ_CLS") if config.lora.enabled else None,
-            callbacks=training.callbacks(writer),
-        )
-        summary = training.train(trainer, writer, resume)
+        trainer, summary = trl_stage.fit(
+            trainer_cls, RewardConfig, config, model, tokenizer, writer, (train_rows, eval_rows), fields,
+            resume, task_type="SEQ_CLS",
+        )  # fmt: skip
         trained = trainer.model.merge_and_unload() if config.lora.enabled else trainer.model
         scorer = RewardModel(trained, tokenizer)
         summary.update(reward_model_report(scorer, eval_rows or [], "eval"))
@@ -82,9 +68,7 @@ def run(config: RMConfig, resume: bool = False) -> Artifact:
         summary["reward_std"] = float(torch.tensor(train_scores).std())
         trained.save_pretrained(str(writer.model_dir))
         tokenizer.save_pretrained(str(writer.model_dir))
-        writer.data = data.info()
-        if held_out:
-            writer.data["eval"] = held_out.info()
+        writer.record_data(data, held_out)
         writer.metrics = summary
         writer.extra["model_format"] = "full"
         record_base(writer, source)
@@ -106,14 +90,6 @@ def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model
-
-
-def split_by_group(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out whole groups (a K-way ranking's pairs never straddle train and eval)."""
-    groups = sorted({row["group"] for row in rows})
-    random.Random(seed).shuffle(groups)
-    held = set(groups[: max(1, int(len(groups) * fraction))])
-    return [r for r in rows if r["group"] not in held], [r for r in rows if r["group"] in held]
 
 
 def _texts(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

@@ -83,12 +83,12 @@ def test_pipeline_chains_stages_and_reruns_only_what_changed(runner, tmp_path: P
         "sft": {"train.max_steps": 10, "limit": 300, "train.save_steps": 0},
         "rm": {"train.max_steps": 10, "limit": 300, "train.save_steps": 0, "train.epochs": 1},
         "ppo": {
-            "ppo.steps": 2,
+            "train.max_steps": 2,
             "ppo.rollouts": 8,
             "ppo.mini_batch_size": 8,
             "ppo.micro_batch_size": 8,
             "ppo.max_new_tokens": 6,
-            "ppo.save_every": 0,
+            "train.save_steps": 0,
         },
     }
     stages = {s: str(REPO / f"recipes/tiny/{s}.yaml") for s in micro}

@@ -61,10 +61,10 @@ STAGES = {
             "ppo",
             "--reward",
             "align.data.synthetic:gold_reward",
-            "--steps",
+            "--max-steps",
             "8",
             *sets(
-                "ppo.save_every=2",
+                "train.save_steps=2",
                 "ppo.rollouts=16",
                 "ppo.mini_batch_size=8",
                 "ppo.micro_batch_size=8",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from align.artifacts import load_artifact
-from align.config import SamplingSettings
+from align.config import PairSampling
 from align.models import load_policy, load_tokenizer, resolve_model
 from align.stages.pairs import label_pairs
 from tests.conftest import REPO, invoke, sets, train_rm_briefly
@@ -153,7 +153,7 @@ def test_critic_free_stages_run_with_a_reward_function(
 
 
 def test_trl_reward_adapter_keeps_eos_and_renders_prompts(micro_sft: Path) -> None:
-    from align.stages.online import trl_reward
+    from align.rewards import trl_reward
 
     tokenizer = load_tokenizer(resolve_model(str(micro_sft)))
     seen = {}
@@ -230,7 +230,7 @@ def test_pairs_from_the_policy_feed_the_reward_model(runner, micro_sft: Path, tm
 def test_label_pairs_orders_distinct_answers_by_the_judge(mode: str) -> None:
     responses = ["a<e>", "b<e>", "a<e>", "c", "x<e>", "x<e>", "x<e>", "x<e>"]  # 2 prompts x 4 samples
     scores = [1.0, 0.0, 1.0, 0.5, 0.3, 0.3, 0.3, 0.3]
-    rows, tied, flipped = label_pairs(["p", "q"], responses, scores, SamplingSettings(pairs=mode), 0, "<e>")
+    rows, tied, flipped = label_pairs(["p", "q"], responses, scores, PairSampling(pairs=mode), 0, "<e>")
     assert (tied, flipped) == (1, 0)  # prompt q: one distinct answer
     pairs = [(r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"]) for r in rows]
     expected = [("a", "b", 1.0, 0.0)]
@@ -243,7 +243,7 @@ def test_label_pairs_orders_distinct_answers_by_the_judge(mode: str) -> None:
 def test_label_noise_flips_that_share_of_labels() -> None:
     responses = [r for i in range(2000) for r in (f"good{i}", f"bad{i}")]
     scores = [1.0, 0.0] * 2000
-    sampling = SamplingSettings(n=2, label_noise=0.2)
+    sampling = PairSampling(n=2, label_noise=0.2)
     rows, _, flipped = label_pairs(list(range(2000)), responses, scores, sampling, 0, "<e>")
     reversed_rows = sum(r["chosen_score"] < r["rejected_score"] for r in rows)
     assert reversed_rows == flipped and 0.17 < flipped / 2000 < 0.23

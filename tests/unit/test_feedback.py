@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from align.data import load_data
+from align.decoding.generate import Decoding
 from align.errors import DataError
 from align.feedback.store import JudgementLog
-from align.feedback.tasks import ArenaTask, LabelTask, Sampler
-from align.generation import Sampling
+from align.feedback.tasks import ArenaTask, LabelTask, PolicyAnswers
 from tests.conftest import REPO, invoke, train_rm_briefly
 
 PROMPTS = REPO / "data/synthetic/eval.jsonl"
@@ -19,7 +19,7 @@ PROMPTS = REPO / "data/synthetic/eval.jsonl"
 
 def label_task(model: Path, log: Path, k: int = 3, n: int = 4) -> LabelTask:
     prompts = [row["prompt"] for row in load_data(str(PROMPTS), "prompts", n).rows]
-    sampler = Sampler(str(model), Sampling(temperature=1.0, max_new_tokens=12), seed=0)
+    sampler = PolicyAnswers(str(model), Decoding(temperature=1.0, max_new_tokens=12), seed=0)
     return LabelTask(prompts, JudgementLog(log), "tester", sampler=sampler, k=k)
 
 
@@ -78,12 +78,12 @@ def test_arena_hides_names_shuffles_sides_and_tracks_the_win_rate(
     micro_sft: Path, micro_dpo: Path, tmp_path: Path
 ) -> None:
     prompts = [row["prompt"] for row in load_data(str(PROMPTS), "prompts", 6).rows]
-    sampling = Sampling(temperature=0.7, max_new_tokens=12)
+    sampling = Decoding(temperature=0.7, max_new_tokens=12)
     task = ArenaTask(
         prompts,
         JudgementLog(tmp_path / "votes.jsonl"),
-        a=Sampler(str(micro_sft), sampling),
-        b=Sampler(str(micro_dpo), sampling),
+        a=PolicyAnswers(str(micro_sft), sampling),
+        b=PolicyAnswers(str(micro_dpo), sampling),
     )
     api = client(task, "arena.html")
     lefts, votes = set(), ["left", "right", "tie", "left", "left", "right"]

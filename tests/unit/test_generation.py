@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from align.generation import Sampling, generate, generate_ids
+from align.decoding.generate import Decoding, generate_ids, sample_texts
+from align.text.chat import prompt_text
 from align.models import load_policy, load_tokenizer, resolve_model
 from tests.conftest import invoke
 
@@ -24,13 +25,12 @@ def policy_and_tokenizer(path: Path):
 
 def test_greedy_is_deterministic_and_top_k_one_equals_greedy(micro_sft: Path) -> None:
     model, tokenizer = policy_and_tokenizer(micro_sft)
-    greedy = Sampling(temperature=None, max_new_tokens=12)
-    first = generate(model, tokenizer, PROMPTS, greedy, seed=0)
-    assert first == generate(model, tokenizer, PROMPTS, greedy, seed=123)
-    assert (
-        generate(model, tokenizer, PROMPTS, Sampling(temperature=1.0, top_k=1, max_new_tokens=12), seed=7)
-        == first
-    )
+    rendered = [prompt_text(tokenizer, p) for p in PROMPTS]
+    greedy = Decoding(temperature=None, max_new_tokens=12)
+    first = sample_texts(model, tokenizer, rendered, greedy, seed=0)
+    assert first == sample_texts(model, tokenizer, rendered, greedy, seed=123)
+    top1 = Decoding(temperature=1.0, top_k=1, max_new_tokens=12)
+    assert sample_texts(model, tokenizer, rendered, top1, seed=7) == first
 
 
 def test_beam_search_returns_the_highest_scoring_beam(micro_sft: Path) -> None:
@@ -38,7 +38,7 @@ def test_beam_search_returns_the_highest_scoring_beam(micro_sft: Path) -> None:
     prompt = tokenizer.apply_chat_template(
         PROMPTS[0], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    config = Sampling(temperature=None, num_beams=4, max_new_tokens=6).generation_config(tokenizer)
+    config = Decoding(temperature=None, num_beams=4, max_new_tokens=6).generation_config(tokenizer)
     config.num_return_sequences, config.output_scores, config.return_dict_in_generate = 4, True, True
     out = model.generate(**prompt, generation_config=config)
     assert torch.argmax(out.sequences_scores).item() == 0  # beams come best first
@@ -46,7 +46,7 @@ def test_beam_search_returns_the_highest_scoring_beam(micro_sft: Path) -> None:
         model,
         tokenizer,
         [tokenizer.apply_chat_template(PROMPTS[0], add_generation_prompt=True, tokenize=False)],
-        Sampling(temperature=None, num_beams=4, max_new_tokens=6),
+        Decoding(temperature=None, num_beams=4, max_new_tokens=6),
     )[0]
     best = out.sequences[0, prompt["input_ids"].shape[1] :].tolist()
     assert ours == best[: len(ours)]
@@ -61,7 +61,7 @@ def test_repetition_penalty_reduces_repeats(micro_base: Path) -> None:
             model,
             tokenizer,
             [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts],
-            Sampling(temperature=None, repetition_penalty=penalty, max_new_tokens=32),
+            Decoding(temperature=None, repetition_penalty=penalty, max_new_tokens=32),
         )
         return sum(len(row) - len(set(row)) for row in ids)
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from align import packing
+from align.decoding.logprobs import response_logprobs
 from align.errors import ConfigError
-from align.generation import response_logprobs
 from align.stages.ppo.networks import ValueModel
 from tests.conftest import random_llama
 

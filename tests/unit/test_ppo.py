@@ -36,7 +36,7 @@ def ppo_args(micro_sft: Path, output: Path, *extra: str) -> list:
         "--set",
         "ppo.ppo_epochs=2",
         "--set",
-        "ppo.save_every=0",
+        "train.save_steps=0",
         "--set",
         "ppo.sample_every=0",
         *extra,
@@ -47,7 +47,7 @@ def test_first_minibatch_ratio_is_one_and_rm_critic_shares_the_trunk(
     runner, micro_sft: Path, micro_rm: Path, tmp_path: Path
 ) -> None:
     result = invoke(
-        runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward-model", micro_rm, "--steps", "3")
+        runner, *ppo_args(micro_sft, tmp_path / "ppo", "--reward-model", micro_rm, "--max-steps", "3")
     )
     assert result.exit_code == 0, result.output
     artifact = load_artifact(tmp_path / "ppo", expect_stage="ppo")
@@ -75,7 +75,7 @@ def test_ppo_raises_the_reward_and_reloads_as_a_policy(runner, micro_sft: Path, 
             tmp_path / "ppo",
             "--reward",
             "tests.rewards:longer",
-            "--steps",
+            "--max-steps",
             "25",
             "--lr",
             "3e-3",
@@ -102,7 +102,7 @@ def _demonstration_loss(policy_path: Path, rows: int = 96) -> float:
     from align.data import load_data
     from align.models import load_tokenizer
     from align.stages.ppo.core import language_model_loss
-    from align.tokenize import tokenize_sft
+    from align.text.encoding import tokenize_sft
 
     source = resolve_model(str(policy_path))
     policy, tokenizer = load_policy(source).eval(), load_tokenizer(source)
@@ -123,7 +123,7 @@ def test_ppo_ptx_keeps_the_policy_closer_to_the_demonstrations(
     """PPO-ptx mixes the LM loss of SFT demonstrations into every update: against a reward that pulls
     away from them ("longer"), the policy trained with it keeps a lower loss on the demonstrations than
     the same run (same seed) without it; the term is logged and the data recorded in the manifest."""
-    common = ("--reward", "tests.rewards:longer", "--steps", "12", "--lr", "3e-3")
+    common = ("--reward", "tests.rewards:longer", "--max-steps", "12", "--lr", "3e-3")
     ptx = ("--set", f"ptx_data={REPO / 'data/synthetic/sft.jsonl'}", "--set", "ppo.ptx_coef=2.0")
     for name, extra in (("plain", ()), ("ptx", ptx)):
         result = invoke(runner, *ppo_args(micro_sft, tmp_path / name, *common, *extra))
@@ -141,10 +141,10 @@ def test_lora_resume_continues_bit_for_bit(runner, micro_sft: Path, tmp_path: Pa
     common = [
         "--reward",
         "align.data.synthetic:gold_reward",
-        "--steps",
+        "--max-steps",
         "4",
         "--set",
-        "ppo.save_every=2",
+        "train.save_steps=2",
     ]
     assert invoke(runner, *ppo_args(micro_sft, tmp_path / "straight", *common)).exit_code == 0
 
@@ -174,7 +174,7 @@ def test_bad_ppo_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path)
         (["--reward-model", micro_sft], "a 'sft' artifact, but this needs a 'rm' one"),
         (["--reward", "tests.rewards:nope"], "has no attribute 'nope'"),
         (
-            ["--reward", "tests.rewards:wrong_length", "--steps", "1"],
+            ["--reward", "tests.rewards:wrong_length", "--max-steps", "1"],
             "returned list of length 1, expected 16",
         ),
         (["--reward-model", micro_rm, "--set", "ppo.kl_coef=-1"], "kl_coef (beta) must be >= 0"),
@@ -193,11 +193,11 @@ def test_rollout_logprobs_equal_the_distribution_generate_sampled(micro_sft: Pat
     import torch
     from transformers import GenerationConfig
 
-    from align.chat import prompt_text
-    from align.generation import response_logprobs
+    from align.decoding.logprobs import response_logprobs
+    from align.decoding.packing import batch_layout
     from align.models import load_tokenizer
-    from align.packing import batch_layout
     from align.stages.ppo.core import truncate_at_eos
+    from align.text.chat import prompt_text
 
     source = resolve_model(str(micro_sft))
     model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
@@ -246,7 +246,7 @@ def _pit_distance(model, queries, responses, eos_token_id, temperature) -> float
     shrinks like 1/sqrt(n); any other sampling distribution leaves it bounded away from 0."""
     import torch
 
-    from align.packing import position_ids
+    from align.decoding.packing import position_ids
     from align.stages.ppo.core import truncate_at_eos
 
     _, mask = truncate_at_eos(responses, [eos_token_id], 0)
@@ -266,8 +266,8 @@ def _pit_distance(model, queries, responses, eos_token_id, temperature) -> float
 
 
 def _chat_queries(tokenizer, rows: int):
-    from align.chat import prompt_text
-    from align.generation import encode_left_padded
+    from align.decoding.generate import encode_left_padded
+    from align.text.chat import prompt_text
 
     lines = PROMPTS.read_text().splitlines()[:24]
     prompts = [
@@ -285,8 +285,8 @@ def test_lean_rollout_engine_samples_the_model_distribution(micro_sft: Path, arc
     and through the generic path, and stops when every row has ended."""
     import torch
 
+    from align.decoding.engines import GenerateEngine, LeanEngine
     from align.models import load_tokenizer
-    from align.stages.ppo.rollout import HFSampler, LeanSampler
 
     source = resolve_model(str(micro_sft))
     tokenizer = load_tokenizer(source)
@@ -294,9 +294,9 @@ def test_lean_rollout_engine_samples_the_model_distribution(micro_sft: Path, arc
     queries = _chat_queries(tokenizer, 384)
     distance = {}
     for name, engine, temperature in (
-        ("generate", HFSampler, 0.7),
-        ("lean", LeanSampler, 0.7),
-        ("lean at the wrong temperature", LeanSampler, 1.0),
+        ("generate", GenerateEngine, 0.7),
+        ("lean", LeanEngine, 0.7),
+        ("lean at the wrong temperature", LeanEngine, 1.0),
     ):
         torch.manual_seed(7)
         responses = engine(tokenizer, temperature, 20).sample(
@@ -317,10 +317,10 @@ def test_static_decoder_reproduces_the_gpt2_forward(micro_sft: Path) -> None:
     same left-padded sequence (teacher forcing), to float rounding."""
     import torch
 
-    from align.generation import encode_left_padded
+    from align.decoding.generate import encode_left_padded
+    from align.decoding.packing import position_ids
+    from align.decoding.static_gpt2 import StaticStepper, supports
     from align.models import load_tokenizer
-    from align.packing import position_ids
-    from align.static_decode import StaticStepper, supports
 
     source = resolve_model(str(micro_sft))
     model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
@@ -349,8 +349,8 @@ def test_lean_rollout_folds_lora_into_copies_and_leaves_the_weights_bit_exact(mi
     from peft import get_peft_model
 
     from align.config import LoraSettings
+    from align.decoding.engines import LeanEngine
     from align.models import load_tokenizer, lora_config
-    from align.stages.ppo.rollout import LeanSampler
 
     source = resolve_model(str(micro_sft))
     model, tokenizer = load_policy(source).eval(), load_tokenizer(source)
@@ -360,7 +360,7 @@ def test_lean_rollout_folds_lora_into_copies_and_leaves_the_weights_bit_exact(mi
         if hasattr(module, "lora_B"):
             torch.nn.init.normal_(module.lora_B["default"].weight, std=0.3)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    responses = LeanSampler(tokenizer, 0.7, 20).sample(
+    responses = LeanEngine(tokenizer, 0.7, 20).sample(
         policy, queries["input_ids"], queries["attention_mask"], torch.rand(384, 20)
     )
     assert _pit_distance(policy, queries, responses, tokenizer.eos_token_id, 0.7) < 0.036  # the adapter's

@@ -20,7 +20,7 @@ MICRO_PPO = sets(
     "ppo.micro_batch_size=4",
     "ppo.max_new_tokens=12",
     "ppo.ppo_epochs=2",
-    "ppo.save_every=0",
+    "train.save_steps=0",
     "ppo.sample_every=0",
 )
 
@@ -81,7 +81,7 @@ def test_ppo_on_hub_gpt2_settings_starts_every_update_at_ratio_one(
 
     tokenizer = AutoTokenizer.from_pretrained(micro_hub_sft)
     assert tokenizer.pad_token is None and not tokenizer.chat_template  # as hub GPT-2 ships
-    result = ppo(runner, micro_hub_sft, tmp_path / "ppo", "--reward-model", micro_hub_rm, "--steps", "4")
+    result = ppo(runner, micro_hub_sft, tmp_path / "ppo", "--reward-model", micro_hub_rm, "--max-steps", "4")
     assert result.exit_code == 0, result.output
     artifact = load_artifact(tmp_path / "ppo")
     assert artifact.metrics["critic"] == "rm_lora"
@@ -121,7 +121,7 @@ def test_guard_stops_a_rollout_update_mismatch(
         monkeypatch.setattr(
             rollout, "response_logprobs", lambda model, batch, t: scored(model, batch, t * 1.3)
         )
-    reward = ("--reward", "align.data.synthetic:gold_reward", "--steps", "2")
+    reward = ("--reward", "align.data.synthetic:gold_reward", "--max-steps", "2")
     result = ppo(runner, micro_hub_sft, tmp_path / "ppo", *reward)
     assert result.exit_code == 2, result.output
     message = result.stderr.strip()

@@ -135,7 +135,7 @@ def test_completion_only_loss_masks_the_prompt_and_keeps_eos(micro_base: Path, t
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from align.tokenize import tokenize_sft
+    from align.text.encoding import tokenize_sft
 
     source = resolve_model(str(micro_base))
     tokenizer = load_tokenizer(source)
@@ -167,11 +167,11 @@ def test_completion_only_loss_masks_the_prompt_and_keeps_eos(micro_base: Path, t
 
 
 def test_gradient_checkpointing_is_off_on_cpu(tmp_path: Path) -> None:
+    from align.training import trainer_config
     from trl import SFTConfig as TRLSFTConfig
 
     from align.artifacts import ArtifactWriter
     from align.config import TrainSettings
-    from align.training import trainer_config
 
     with ArtifactWriter(tmp_path / "x", "sft", {}) as writer:
         args = trainer_config(TRLSFTConfig, TrainSettings(), writer, has_eval=False)

@@ -6,18 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from align.data.synthetic import (
-    EOS,
-    PRESETS,
-    REFUSAL,
-    SynthSettings,
-    flaw_of,
-    generate,
-    gold_reward,
-    gold_score,
-    parse_task,
-    write,
-)
+from align.data.synthetic import EOS, PRESETS, REFUSAL, flaw_of, gold_reward, gold_score, parse_task
+from align.data.synthetic_sets import SynthSettings, generate, write
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = "<|user|>\n{}\n<|assistant|>\n"

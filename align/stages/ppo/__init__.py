@@ -14,20 +14,20 @@ from typing import Any
 import torch
 
 from align.artifacts import Artifact, ArtifactWriter
-from align.chat import prompt_text
 from align.config import PPOConfig, to_dict
-from align.data import load_data
+from align.data import Dataset, load_data
+from align.decoding.packing import check_packing
+from align.decoding.static_gpt2 import supports
 from align.distributed import make_accelerator
 from align.errors import ConfigError, DataError
 from align.models import load_tokenizer, resolve_model, save_policy
-from align.packing import check_packing
 from align.rewards import load_judge, load_reward_function
 from align.stages.ppo import networks as ppo_networks
 from align.stages.ppo.checkpoint import full_weights
 from align.stages.ppo.loop import PPOData, PPOLoop
 from align.stages.ppo.networks import trainable
-from align.static_decode import supports
-from align.tokenize import tokenize_sft
+from align.text.chat import prompt_text
+from align.text.encoding import tokenize_sft
 
 
 def run(config: PPOConfig, resume: bool = False) -> Artifact:
@@ -35,11 +35,11 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     accelerator = make_accelerator()
     sharded = accelerator.distributed_type.name == "FSDP"
-    torch.manual_seed(config.ppo.seed)
+    torch.manual_seed(config.train.seed)
     judge = load_judge(config.reward_model, config.reward, accelerator.device)[1]
     networks = ppo_networks.build(config, source, tokenizer, judge, accelerator.device, sharded)
     context = _context_length(networks.policy.config)
-    prompts, prompt_info = _prompt_texts(config, tokenizer, context)
+    prompts, prompt_data = _prompt_texts(config, tokenizer, context)
     ptx_rows, ptx_info = _ptx_rows(config, tokenizer, context)
     if config.ppo.packing:
         check_packing("policy", networks.policy)
@@ -50,7 +50,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         )
     with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
         data = PPOData(prompts, ptx_rows, _validation(config.validation_reward))
-        loop = PPOLoop(config.ppo, networks, data, tokenizer, writer, accelerator)
+        loop = PPOLoop(config.ppo, config.train, networks, data, tokenizer, writer, accelerator)
         summary = loop.train(resume)
         summary.update(
             {
@@ -62,11 +62,9 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         weights = full_weights(networks.policy)  # every process takes part in gathering FSDP shards
         if loop.processes.is_main:
             save_policy(networks.policy, tokenizer, writer, source, config.lora.enabled, weights)
-        writer.data = prompt_info
+        writer.record_data(prompt_data)
         writer.metrics = summary
-        if networks.reward_artifact is not None:
-            writer.add_parent(networks.reward_artifact)
-        writer.extra["reward"] = config.reward or {"stage": "rm"}
+        writer.record_judge(networks.reward_artifact, config.reward)
         writer.extra["dropout_disabled"] = networks.dropout_disabled
         if ptx_info:
             writer.extra["ptx_data"] = ptx_info
@@ -81,7 +79,7 @@ def _validation(spec: str | None) -> tuple[str, Any] | None:
     return spec.partition(":")[2].removesuffix("_reward") or "validation", load_reward_function(spec)
 
 
-def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], dict[str, Any]]:
+def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], Dataset]:
     """Rendered prompts; those leaving no room for max_new_tokens in the context are dropped and counted."""
     data = load_data(config.prompts, "prompts", config.limit)
     room = context - config.ppo.max_new_tokens
@@ -95,7 +93,7 @@ def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list
         raise DataError(
             f"{config.prompts}: {len(texts)} usable prompts, fewer than ppo.rollouts={config.ppo.rollouts}"
         )
-    return texts, data.info()
+    return texts, data
 
 
 def _ptx_rows(

@@ -8,7 +8,8 @@
       progress.json                            step, KL controller, logged history
 
 Gathering is a collective, so every process takes part; only the main process writes, then all wait.
-A checkpoint is written as `.step-N.tmp` and renamed when complete; the last two are kept.
+A checkpoint is written as `.step-N.tmp` and renamed when complete; the last `train.save_total_limit`
+are kept.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from align.errors import DataError
 if TYPE_CHECKING:
     from align.stages.ppo.loop import PPOLoop
 
-KEEP = 2
 _GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
@@ -66,7 +66,7 @@ def save(loop: PPOLoop) -> None:
         progress = {"step": loop.step, "kl": loop.kl.state_dict(), "history": loop.history}
         (tmp / "progress.json").write_text(json.dumps(progress))
         tmp.rename(final)
-        for old in checkpoints(root)[:-KEEP]:
+        for old in checkpoints(root)[: -loop.train_settings.save_total_limit]:
             shutil.rmtree(old)
     processes.wait()
 

@@ -23,22 +23,16 @@ from typing import Any
 import torch
 
 from align.artifacts import ArtifactWriter
-from align.config import PPOSettings
+from align.config import PPOSettings, TrainSettings
+from align.decoding.engines import GenerateEngine, LeanEngine, rollout_uniforms
+from align.decoding.logprobs import response_logprobs
+from align.decoding.packing import batch_layout
 from align.distributed import Processes
 from align.errors import AlignError
-from align.generation import response_logprobs
-from align.packing import batch_layout
 from align.rewards import RewardFn
 from align.stages.ppo import checkpoint, core
 from align.stages.ppo.networks import Networks, trainable
-from align.stages.ppo.rollout import (
-    HFSampler,
-    LeanSampler,
-    Rollout,
-    Trajectory,
-    gather_trajectory,
-    rollout_uniforms,
-)
+from align.stages.ppo.rollout import Rollout, Trajectory, gather_trajectory
 from align.training import TrainingDiverged
 
 # Before any update, the rollout's and the update's log-probs of the same tokens must agree. The limits
@@ -65,13 +59,15 @@ class PPOLoop:
     def __init__(
         self,
         settings: PPOSettings,
+        train: TrainSettings,
         networks: Networks,
         data: PPOData,
         tokenizer: Any,
         writer: ArtifactWriter,
         accelerator: Any,
     ):
-        s = self.settings = settings
+        s, self.train_settings = settings, train
+        self.settings = settings
         self.networks, self.data, self.tokenizer, self.writer = networks, data, tokenizer, writer
         self.accelerator, self.device = accelerator, accelerator.device
         self.processes = processes = Processes(accelerator)
@@ -79,9 +75,10 @@ class PPOLoop:
         processes.share(s.mini_batch_size, "ppo.mini_batch_size")
         self.policy, self.critic = networks.policy, networks.critic
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        policy_optimizer = torch.optim.AdamW(trainable(self.policy), lr=s.learning_rate, eps=1e-5, **fused)
+        adam = {"eps": 1e-5, "weight_decay": train.weight_decay, **fused}
+        policy_optimizer = torch.optim.AdamW(trainable(self.policy), lr=train.learning_rate, **adam)
         critic_optimizer = torch.optim.AdamW(
-            trainable(self.critic), lr=s.critic_learning_rate or s.learning_rate, eps=1e-5, **fused
+            trainable(self.critic), lr=s.critic_learning_rate or train.learning_rate, **adam
         )
         # Prepared one pair at a time: FSDP2 shards the last model of a prepare call only, and remaps
         # optimiser parameters by name, which the policy and critic share. The update runs through the
@@ -89,24 +86,24 @@ class PPOLoop:
         # the modules, gathering FSDP shards where they read weights.
         self.trained_policy, self.policy_optimizer = accelerator.prepare(self.policy, policy_optimizer)
         self.trained_critic, self.critic_optimizer = accelerator.prepare(self.critic, critic_optimizer)
-        sampler = (
-            LeanSampler(tokenizer, s.temperature, s.max_new_tokens)
+        engine = (
+            LeanEngine(tokenizer, s.temperature, s.max_new_tokens)
             if s.rollout_engine == "lean"
-            else HFSampler(tokenizer, s.temperature, s.max_new_tokens, synced=processes.sharded)
+            else GenerateEngine(tokenizer, s.temperature, s.max_new_tokens, synced=processes.sharded)
         )
         self.rollout = Rollout(
             self.policy,
             networks.reference,
             self.critic,
             self._score,
-            sampler,
+            engine,
             tokenizer,
             s.temperature,
             s.missing_eos_penalty,
             s.packing,
         )
         self.kl = core.KLController(s.kl_coef, s.target_kl, s.kl_horizon)
-        self.generator = torch.Generator().manual_seed(s.seed)  # the same on every process
+        self.generator = torch.Generator().manual_seed(train.seed)  # the same on every process
         self.order: list[int] = []
         self.ptx_order: list[int] = []
         self.step = 0
@@ -122,15 +119,15 @@ class PPOLoop:
         self.writer.logs_dir.mkdir(parents=True, exist_ok=True)
         board = SummaryWriter(log_dir=str(self.writer.logs_dir)) if self.processes.is_main else None
         with Progress(transient=True, disable=not self.processes.is_main) as progress:
-            task = progress.add_task("ppo", total=self.settings.steps, completed=self.step)
-            while self.step < self.settings.steps:
+            task = progress.add_task("ppo", total=self.train_settings.max_steps, completed=self.step)
+            while self.step < self.train_settings.max_steps:
                 stats = self.iteration()
                 self.step += 1
                 self._log(stats, board)
                 progress.update(
                     task, advance=1, description=f"ppo score {stats['score']:.3f} kl {stats['kl']:.2f}"
                 )
-                if self.settings.save_every and self.step % self.settings.save_every == 0:
+                if self.train_settings.save_steps and self.step % self.train_settings.save_steps == 0:
                     checkpoint.save(self)
         if board is not None:
             board.close()
@@ -141,7 +138,7 @@ class PPOLoop:
         start = time.perf_counter()
         self.policy.eval()
         self.critic.eval()
-        uniforms = rollout_uniforms(s.seed, self.step, s.rollouts, s.max_new_tokens)
+        uniforms = rollout_uniforms(self.train_settings.seed, self.step, s.rollouts, s.max_new_tokens)
         local = self.rollout.collect(self._next_prompts(), self.processes.mine(uniforms))
         trajectory = gather_trajectory(local, self.processes, self.tokenizer.pad_token_id)
         rollout_seconds = time.perf_counter() - start
@@ -268,7 +265,7 @@ class PPOLoop:
         )
 
     def _optimizer_step(self, train_policy: bool) -> None:
-        max_norm = self.settings.max_grad_norm
+        max_norm = self.train_settings.max_grad_norm
         for optimizer, model, active in (
             (self.policy_optimizer, self.trained_policy, train_policy),
             (self.critic_optimizer, self.trained_critic, True),
@@ -360,7 +357,7 @@ class PPOLoop:
             return
         with open(self.writer.logs_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.step % self.settings.log_every == 0:
+        if self.step % self.train_settings.logging_steps == 0:
             for key, value in stats.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     board.add_scalar(f"ppo/{key}", value, self.step)

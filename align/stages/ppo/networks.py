@@ -41,7 +41,7 @@ class ValueModel(nn.Module):
         self.trunk, self.head = trunk, head
 
     def forward(self, **inputs: Any) -> torch.Tensor:
-        """Values [rows, columns] of a batch layout's `inputs()` (`align.packing`)."""
+        """Values [rows, columns] of a batch layout's `inputs()` (`align.decoding.packing`)."""
         hidden = self.trunk(**inputs).last_hidden_state
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 

@@ -4,9 +4,9 @@ Per generated token, `transformers`' GPT-2 forward spends most of its time outsi
 calls, mask building, cache bookkeeping). This module reads the weights once per rollout and runs each
 decode step as ~10 fused tensor ops per layer against a cache allocated for the whole rollout, writing
 keys and values in place. A LoRA adapter is folded into copies of the weights it adapts (out of place:
-the frozen base, which is also PPO's reference, stays bit-exact), and FSDP2 shards are gathered first. The arithmetic is GPT-2's own (pre-LayerNorm blocks, scaled dot-product attention,
-tied LM head), so the logits equal the reference forward's to float rounding (tested), and tokens are
-drawn by the rollout engine's sampler.
+the frozen base, which is also PPO's reference, stays bit-exact), and FSDP2 shards are gathered first.
+The arithmetic is GPT-2's own (pre-LayerNorm blocks, scaled dot-product attention, tied LM head), so the
+logits equal the reference forward's to float rounding (tested); the rollout engine draws the tokens.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class StaticGPT2:
 
 
 class StaticStepper:
-    """The decode-step interface of `LeanSampler` over `StaticGPT2`: a cache sized for the whole rollout
+    """The decode-step interface of `LeanEngine` over `StaticGPT2`: a cache sized for the whole rollout
     and an additive attention bias per (row, head) that opens one column per generated token."""
 
     def __init__(self, model: Any, max_new_tokens: int):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from align.chat import DEFAULT_CHAT_TEMPLATE, ROLE_TOKENS
 from align.config import TokenizerSettings
+from align.text.chat import DEFAULT_CHAT_TEMPLATE, ROLE_TOKENS
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 

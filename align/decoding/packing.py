@@ -1,7 +1,7 @@
 """Batch layouts for the PPO forwards: scoring (prompt, response) rows with or without their padding.
 
 A PPO batch is left-padded prompts followed by right-padded responses, so most of its columns can be
-padding: on the offline default a row holds ~19 real tokens in up to ~41 columns. `PackedLayout` lays the
+padding (README, Performance, counts it on the offline default). `PackedLayout` lays the
 real tokens of several rows end to end in a few fixed-length rows, with positions restarting at 0 for
 each sequence; transformers reads the restarts from `position_ids` (attention mask None, no cache) and
 keeps each sequence's attention inside itself, so every token gets the logits it would get alone.

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from align.chat import encode_prompt_completion, prompt_text
 from align.data import Dataset
 from align.errors import DataError
+from align.text.chat import encode_prompt_completion, prompt_text
 
 
 def tokenize_sft(data: Dataset, tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:

@@ -1,4 +1,5 @@
-"""Batched generation for eval, generate and (later) PPO rollouts: left-padded prompts, EOS-truncated text.
+"""Batched generation through transformers' `generate` for eval, `align generate`, chat, pairs and the
+feedback pages: left-padded prompts, EOS-truncated text.
 
 A response is returned as the decoded completion up to its first EOS, with the EOS text appended when
 the model produced one, so reward functions can tell a finished answer from a cut-off one.
@@ -12,12 +13,12 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from align.chat import prompt_text
-from align.packing import Layout, batch_layout, keeps_sequences_apart
+from align.errors import ConfigError
+from align.text.chat import prompt_text
 
 
 @dataclass
-class Sampling:
+class Decoding:
     """Decoding settings; temperature None means greedy (or beam search with num_beams > 1).
     Training rollouts keep top_k=0 and top_p=1, so samples follow the distribution the log-probs describe."""
 
@@ -27,6 +28,21 @@ class Sampling:
     max_new_tokens: int = 32
     num_beams: int = 1
     repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_options(
+        cls,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        num_beams: int,
+        repetition_penalty: float,
+        max_new_tokens: int,
+    ) -> Decoding:
+        """From command-line options, where temperature 0 means greedy."""
+        if temperature < 0 or num_beams < 1 or max_new_tokens < 1:
+            raise ConfigError("--temperature must be >= 0, --num-beams and --max-new-tokens >= 1")
+        return cls(temperature or None, top_k, top_p, max_new_tokens, num_beams, repetition_penalty)
 
     def generation_config(self, tokenizer: Any) -> GenerationConfig:
         sample = self.temperature is not None
@@ -52,13 +68,13 @@ def encode_left_padded(tokenizer: Any, prompts: list[str], device: torch.device)
 
 @torch.no_grad()
 def generate_ids(
-    model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling, batch_size: int = 64, seed: int = 0
+    model: Any, tokenizer: Any, prompts: list[str], decoding: Decoding, batch_size: int = 64, seed: int = 0
 ) -> list[list[int]]:
     """Response token ids for rendered prompts, each cut after its first EOS (kept). Deterministic per seed."""
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
-    config = sampling.generation_config(tokenizer)
+    config = decoding.generation_config(tokenizer)
     responses: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_left_padded(tokenizer, prompts[start : start + batch_size], device)
@@ -69,25 +85,35 @@ def generate_ids(
     return responses
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[list[dict[str, str]]],
-    sampling: Sampling,
-    batch_size: int = 64,
-    seed: int = 0,
-) -> list[str]:
-    """Responses to chat prompts, in order, as text (see `decode_response`)."""
-    return sample_texts(
-        model, tokenizer, [prompt_text(tokenizer, p) for p in prompts], sampling, batch_size, seed
+def respond(
+    model: str, prompts: list[str] | None, data: str | None, decoding: Decoding, batch_size: int, seed: int
+) -> list[dict[str, str]]:
+    """`align generate`: the model's answers to user messages (or a prompts file's prompts), as rows."""
+    from align.data import load_data
+    from align.models import load_policy, load_tokenizer, pick_device, resolve_model
+
+    if bool(prompts) == bool(data):
+        raise ConfigError("give --prompt (repeatable) or --data FILE")
+    conversations = (
+        [r["prompt"] for r in load_data(data, "prompts").rows]
+        if data
+        else [[{"role": "user", "content": p}] for p in prompts or []]
     )
+    source = resolve_model(model)
+    tokenizer = load_tokenizer(source)
+    policy = load_policy(source).to(pick_device())
+    rendered = [prompt_text(tokenizer, c) for c in conversations]
+    responses = sample_texts(policy, tokenizer, rendered, decoding, batch_size, seed)
+    return [
+        {"prompt": c[-1]["content"], "response": r} for c, r in zip(conversations, responses, strict=True)
+    ]
 
 
 def sample_texts(
     model: Any,
     tokenizer: Any,
     rendered: list[str],
-    sampling: Sampling,
+    decoding: Decoding,
     batch_size: int = 64,
     seed: int = 0,
     n: int = 1,
@@ -96,50 +122,8 @@ def sample_texts(
     repeated = [p for p in rendered for _ in range(n)]
     return [
         decode_response(tokenizer, row)
-        for row in generate_ids(model, tokenizer, repeated, sampling, batch_size, seed)
+        for row in generate_ids(model, tokenizer, repeated, decoding, batch_size, seed)
     ]
-
-
-def response_logprobs(model: Any, batch: Layout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each response token and the entropy at each response position, from fp32 logits at
-    the sampling temperature.  -> [B, T], [B, T]"""
-    all_logprobs = torch.log_softmax(batch.logits(model).float() / temperature, dim=-1)
-    logprobs = all_logprobs.gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
-    entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
-    return logprobs, entropy
-
-
-@torch.no_grad()
-def sequence_kl(
-    policy: Any,
-    reference: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    responses: list[list[int]],
-    temperature: float,
-    batch_size: int = 64,
-) -> list[float]:
-    """Summed per-token log-ratio log pi(y|x) - log pi_ref(y|x) of each sampled response (the KL estimate
-    every method is compared with: the policy's own samples, at the evaluation temperature)."""
-    device = next(policy.parameters()).device
-    packing = keeps_sequences_apart(policy) and keeps_sequences_apart(reference)
-    kls: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        queries = encode_left_padded(tokenizer, prompts[start : start + batch_size], device)
-        rows = responses[start : start + batch_size]
-        width = max(1, max(len(r) for r in rows))
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, device=device)
-        mask = torch.zeros((len(rows), width), device=device)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, device=device)
-            mask[i, : len(row)] = 1.0
-        query_responses = torch.cat([queries["input_ids"], ids], dim=1)
-        attention = torch.cat([queries["attention_mask"], mask.long()], dim=1)
-        batch = batch_layout(query_responses, attention, queries["input_ids"].shape[1], packing)
-        logprobs, _ = response_logprobs(policy, batch, temperature)
-        ref_logprobs, _ = response_logprobs(reference, batch, temperature)
-        kls.extend(((logprobs - ref_logprobs) * mask).sum(1).tolist())
-    return kls
 
 
 def decode_response(tokenizer: Any, token_ids: list[int]) -> str:

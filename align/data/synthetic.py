@@ -174,6 +174,7 @@ PRESETS: dict[str, dict[str, float]] = {
     "hard": {"add": 0.15, "reverse": 0.15, "last": 0.15, "count": 0.15, "sort": 0.15, "repeat": 0.15},
 }
 _CHATTER = {"default": 0.35, "hard": 0.3}
+_CLEAN_CHOSEN = {"default": 0.3, "hard": None}  # hard: any two candidates whose gold differs
 
 _REQUEST = re.compile(r"(?:How do I|How can I|Tell me how to) ([a-z]+) the ([a-z]+ [a-z]+)[?.]")
 # Each family's prompt, recognised anywhere in a rendered prompt (chat template or not).
@@ -289,6 +290,7 @@ class SynthSettings:
     ppo_prompts: int = 1800
     eval_prompts: int = 1200
     verbose_rate: float | None = None  # share of SFT demonstrations wrapped in chatter (None: the preset's)
+    clean_chosen: float | None = None  # share of pairs whose chosen answer is clean (None: the preset's)
     label_noise: float = 0.1  # share of preference labels flipped, like inattentive raters
 
     def validate(self) -> None:
@@ -298,6 +300,8 @@ class SynthSettings:
             self.flaw_rates = dict(PRESETS[self.preset])
         if self.verbose_rate is None:
             self.verbose_rate = _CHATTER[self.preset]
+        if self.clean_chosen is None:
+            self.clean_chosen = _CLEAN_CHOSEN[self.preset]
         unknown = sorted(set(self.flaw_rates) - set(FAMILIES))
         if unknown or not self.flaw_rates:
             raise ConfigError(f"flaw_rates: unknown {unknown or 'empty'} (families: {', '.join(FAMILIES)})")
@@ -423,12 +427,23 @@ def _corrupt(answer: str, rng: random.Random, operations: tuple[str, ...]) -> st
 
 
 def _pair(task: Task, settings: SynthSettings, rng: random.Random) -> dict[str, Any]:
-    while True:
-        first, second = rng.sample(_candidates(task, rng), 2)
-        a, b = gold_score(task.prompt, first + EOS), gold_score(task.prompt, second + EOS)
-        if a != b:
-            break
-    chosen, rejected = (first, second) if a > b else (second, first)
+    """Two candidates whose gold differs. With `clean_chosen`, that share of pairs compares the clean
+    answer with any other, and the rest a chatty right answer with a wrong one (chatty itself half the
+    time): most chosen answers then carry chatter, so imitating them does not make a clean policy."""
+    if settings.clean_chosen is None:
+        while True:
+            first, second = rng.sample(_candidates(task, rng), 2)
+            a, b = gold_score(task.prompt, first + EOS), gold_score(task.prompt, second + EOS)
+            if a != b:
+                break
+        chosen, rejected = (first, second) if a > b else (second, first)
+    else:
+        clean, chatty, flaw, corrupt, chatty_wrong, ramble = _candidates(task, rng)
+        if rng.random() < settings.clean_chosen:
+            chosen, rejected = clean, rng.choice([chatty, flaw, corrupt, chatty_wrong, ramble])
+        else:  # half the time chatter on both sides, so chatter alone does not tell which is right
+            chosen = chatty
+            rejected = chatty_wrong if rng.random() < 0.5 else rng.choice([flaw, corrupt, ramble])
     if rng.random() < settings.label_noise:
         chosen, rejected = rejected, chosen
     return {"prompt": task.prompt, "chosen": chosen, "rejected": rejected, "family": task.family}

@@ -167,6 +167,7 @@ PRESETS: dict[str, dict[str, float]] = {
     "hard": {"add": 0.15, "reverse": 0.15, "last": 0.15, "count": 0.15, "sort": 0.15, "repeat": 0.15},
 }
 _CHATTER = {"default": 0.35, "hard": 0.3}
+_CLEAN_CHOSEN = {"default": 0.3, "hard": None}  # hard: any two candidates whose gold differs
 
 _REQUEST = re.compile(r"(?:How do I|How can I|Tell me how to) ([a-z]+) the ([a-z]+ [a-z]+)[?.]")
 # Each family's prompt, recognised anywhere in a rendered prompt (chat template or not).

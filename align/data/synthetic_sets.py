@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from align.config import Settings
 from align.data.synthetic import (
     _CHATTER,
+    _CLEAN_CHOSEN,
     EOS,
     FAMILIES,
     PRESETS,
@@ -33,19 +34,18 @@ class SynthSettings(Settings):
 
     seed: int = 1234
     preset: Literal["default", "hard"] = "default"  # hard: the earlier, capability-bound mix
-    flaw_rates: dict[str, float] = {}  # family -> share of flawed demonstrations (default: the preset's)
+    # Left out, the next three take the preset's values: family -> share of flawed demonstrations, the
+    # share of demonstrations wrapped in chatter, the share of pairs whose chosen answer is clean
+    flaw_rates: dict[str, float] = {}
+    verbose_rate: float = Field(0.0, ge=0.0, le=1.0)
+    clean_chosen: float | None = Field(None, ge=0.0, le=1.0)
     pretrain_docs: int = Field(6000, ge=0)
     sft: int = Field(4800, ge=0)
     pairs: int = Field(6000, ge=0)
     rankings: int = Field(300, ge=0)  # K-way ranking rows (K = 3, distinct gold), 3 pairs each when loaded
     ppo_prompts: int = Field(1800, ge=0)
     eval_prompts: int = Field(1200, ge=0)
-    verbose_rate: float = Field(
-        0.0, ge=0.0, le=1.0
-    )  # share of demonstrations in chatter (default: the preset's)
-    label_noise: float = Field(
-        0.1, ge=0.0, le=1.0
-    )  # share of preference labels flipped, like inattentive raters
+    label_noise: float = Field(0.1, ge=0.0, le=1.0)  # share of preference labels flipped
 
     @model_validator(mode="before")
     @classmethod
@@ -57,6 +57,8 @@ class SynthSettings(Settings):
                 values["flaw_rates"] = dict(PRESETS[preset])
             if values.get("verbose_rate") is None:
                 values["verbose_rate"] = _CHATTER[preset]
+            if values.get("clean_chosen") is None:
+                values["clean_chosen"] = _CLEAN_CHOSEN[preset]
         return values
 
     @model_validator(mode="after")
@@ -178,12 +180,23 @@ def _corrupt(answer: str, rng: random.Random, operations: tuple[str, ...]) -> st
 
 
 def _pair(task: Task, settings: SynthSettings, rng: random.Random) -> dict[str, Any]:
-    while True:
-        first, second = rng.sample(_candidates(task, rng), 2)
-        a, b = gold_score(task.prompt, first + EOS), gold_score(task.prompt, second + EOS)
-        if a != b:
-            break
-    chosen, rejected = (first, second) if a > b else (second, first)
+    """Two candidates whose gold differs. With `clean_chosen`, that share of pairs compares the clean
+    answer with any other, and the rest a chatty right answer with a wrong one (chatty itself half the
+    time): most chosen answers then carry chatter, so imitating them does not make a clean policy."""
+    if settings.clean_chosen is None:
+        while True:
+            first, second = rng.sample(_candidates(task, rng), 2)
+            a, b = gold_score(task.prompt, first + EOS), gold_score(task.prompt, second + EOS)
+            if a != b:
+                break
+        chosen, rejected = (first, second) if a > b else (second, first)
+    else:
+        clean, chatty, flaw, corrupt, chatty_wrong, ramble = _candidates(task, rng)
+        if rng.random() < settings.clean_chosen:
+            chosen, rejected = clean, rng.choice([chatty, flaw, corrupt, chatty_wrong, ramble])
+        else:  # half the time chatter on both sides, so chatter alone does not tell which is right
+            chosen = chatty
+            rejected = chatty_wrong if rng.random() < 0.5 else rng.choice([flaw, corrupt, ramble])
     if rng.random() < settings.label_noise:
         chosen, rejected = rejected, chosen
     return {"prompt": task.prompt, "chosen": chosen, "rejected": rejected, "family": task.family}

@@ -44,7 +44,8 @@ class Artifact:
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        """model/, or the artifact directory itself for an export (which is a plain model directory)."""
+        return self.path / self.manifest.get("model_dir", "model")
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -259,6 +260,22 @@ def describe(artifact: Artifact) -> list[Any]:
     for key, value in manifest.get("metrics", {}).items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     return [*lines, table]
+
+
+def ancestors(artifact: Artifact) -> list[Artifact]:
+    """The artifact and every artifact it came from (all parents, not only the policy path), each once,
+    oldest first."""
+    seen: dict[Path, Artifact] = {}
+
+    def visit(node: Artifact) -> None:
+        for record in node.manifest.get("parents", []):
+            parent = node.parent(record["stage"])
+            if parent is not None and parent.path.resolve() not in seen:
+                visit(parent)
+        seen.setdefault(node.path.resolve(), node)
+
+    visit(artifact)
+    return list(seen.values())
 
 
 def lineage(artifact: Artifact) -> list[Artifact]:

@@ -7,10 +7,9 @@ User errors print one line and exit with code 2; success prints the artifact pat
 
 from __future__ import annotations
 
-import errno
-import functools
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +17,23 @@ from typing import Annotated, Any
 
 import typer
 
-from align.errors import AlignError
-from align.logs import quiet_libraries
+from align.errors import handled
+from align.logs import configure_logging, quiet_libraries
 from align.registry import STAGES, Stage
 
-app = typer.Typer(
-    help=__doc__.split("\n")[0], no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
-)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Inspect data files and generate the synthetic tasks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also ALIGN_DEBUG=1).")] = False,
+) -> None:
+    """Turn a GPT-2-style model into an aligned assistant: SFT, reward model, PPO and DPO."""
+    if debug:
+        os.environ["ALIGN_DEBUG"] = "1"
+    configure_logging()
 
 
 def _option(kind: Any, *names: str, **kwargs: Any) -> Any:
@@ -58,6 +65,9 @@ OPTIONS: dict[str, Any] = {
     "validation_reward": _option(
         str | None, help="`module:function` scoring each step's rollouts, never optimised."
     ),
+    "validation_reward_model": _option(
+        str | None, help="RM artifact judging each step's rollouts, never optimised."
+    ),
     "prompts": _option(str | None, help="Prompts file (a pairs or sft file also serves)."),
     "margin": _option(float | None, help="Required score gap in the Bradley-Terry loss."),
     "kl_coef": _option(float | None, help="KL penalty beta."),
@@ -76,44 +86,30 @@ OPTIONS: dict[str, Any] = {
         help="best_worst (one pair per prompt) or all (every two answers scored differently).",
     ),
     "limit": _option(int | None, help="Use the first N rows."),
+    "dry_run": _option(bool, "--dry-run", help="Print the resolved config and exit without running."),
+    "ensemble": _option(int | None, help="Reward models trained as one ensemble (bootstrapped pairs)."),
+    "ensemble_objective": _option(str | None, help="How an RM ensemble's members combine: mean, min or uwo."),
 }
-Recipe, Sets = OPTIONS["recipe"], OPTIONS["sets"]
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-
-
-def handled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """A command whose AlignError becomes one line on stderr and exit code 2."""
-
-    @functools.wraps(function)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except AlignError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            if exc.errno not in _STORAGE_ERRORS:
-                raise
-            # a full disk or a read-only / forbidden directory: nothing was committed, any earlier artifact stands
-            where = f" writing {exc.filename}" if exc.filename else ""
-            typer.echo(
-                f"error: {exc.strerror}{where}; no artifact was replaced (free space or fix permissions, rerun)",
-                err=True,
-            )
-            raise typer.Exit(2) from None
-
-    return command
+Recipe, Sets, EnsembleObjective = OPTIONS["recipe"], OPTIONS["sets"], OPTIONS["ensemble_objective"]
+DryRun = OPTIONS["dry_run"]
 
 
 def run_stage(
-    stage: Stage, recipe: Path | None, flags: dict[str, Any], sets: list[str] | None, resume: bool
+    stage: Stage,
+    recipe: Path | None,
+    flags: dict[str, Any],
+    sets: list[str] | None,
+    resume: bool,
+    dry_run: bool,
 ) -> None:
+    import yaml
+
     from align.config import build_config
 
     config = build_config(stage.config, recipe, flags, sets)
+    if dry_run:
+        typer.echo(yaml.safe_dump(config.model_dump(), sort_keys=False), nl=False)
+        return
     quiet_libraries()
     typer.echo(str(stage.run(config, resume).path))
 
@@ -125,14 +121,16 @@ def stage_command(stage: Stage, context: bool = False) -> Callable[..., None]:
         if ctx is not None and ctx.invoked_subcommand is not None:
             return
         recipe, sets, resume = values.pop("recipe"), values.pop("sets"), values.pop("resume", False)
-        run_stage(stage, recipe, {stage.flags[name]: value for name, value in values.items()}, sets, resume)
+        dry_run = values.pop("dry_run")
+        flags = {stage.flags[name]: value for name, value in values.items()}
+        run_stage(stage, recipe, flags, sets, resume, dry_run)
 
-    names = ["recipe", *stage.flags, *(["resume"] if stage.name != "pairs" else []), "sets"]
+    names = ["recipe", *stage.flags, *(["resume"] if stage.name != "pairs" else []), "sets", "dry_run"]
     parameters = [
         inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,
-            default=False if name == "resume" else None,
+            default=False if name in ("resume", "dry_run") else None,
             annotation=OPTIONS[name],
         )
         for name in names
@@ -207,12 +205,14 @@ def pipeline(
     run_dir: _option(
         PathOption, "--run", help="Directory of the artifacts (default: the recipe's `run`)."
     ) = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Run the recipe's stages in order, skipping those whose config, inputs and data are unchanged."""
     from align.pipeline import run
 
     quiet_libraries()
-    for result in run(recipe, start, only, report=lambda line: typer.echo(line, err=True), root=run_dir):
+    report = lambda line: typer.echo(line, err=True)  # noqa: E731
+    for result in run(recipe, start, only, report=report, root=run_dir, dry_run=dry_run):
         typer.echo(f"{result.stage}\t{result.path}\t{'skipped' if result.skipped else 'ran'}")
 
 
@@ -231,6 +231,7 @@ def eval_command(
     shortest_of_n: _option(list[int] | None, help="Shortest-of-n baseline: does saying less win?") = None,
     perplexity_data: _option(str | None, help="Text set to report perplexity on.") = None,
     judge: _option(str | None, help="RM judging the win rate (default: --reward-model, else gold).") = None,
+    ensemble_objective: EnsembleObjective = None,
     json_out: _option(PathOption, "--json", help="Also write the figures to this JSON file.") = None,
     recipe: Recipe = None,
     sets: Sets = None,
@@ -243,6 +244,7 @@ def eval_command(
     flags = {"model": model[0], "prompts": prompts, "limit": limit, "temperature": temperature}
     flags.update(reward_model=reward_model, reference=reference, perplexity_data=perplexity_data)
     flags.update(best_of_n=best_of_n or None, shortest_of_n=shortest_of_n or None)
+    flags["ensemble_objective"] = ensemble_objective
     config = build_config(EvalConfig, recipe, flags, sets)
     quiet_libraries()
     results = compare(config, model, judge)
@@ -312,6 +314,9 @@ def report(
 Host = _option(str, help="Address to bind (127.0.0.1: this machine only).")
 Port = _option(int, help="Port of the page.")
 Annotator = _option(str, help="Who judges; stored in every row.")
+Annotators = _option(
+    str | None, help="a,b,c: one token (link) per annotator; each row's annotator is its token's."
+)
 PromptsFile = _option(str, help="Prompts file (a pairs or sft file also serves).")
 FirstN = _option(int | None, help="Judge the first N prompts.")
 Temperature = _option(float, help="Sampling temperature (> 0).")
@@ -332,17 +337,20 @@ def label(
     max_new_tokens: MaxNewTokens = 64,
     seed: _option(int, help="Sampling seed (per prompt).") = 0,
     annotator: Annotator = "anonymous",
+    annotators: Annotators = None,
     host: Host = "127.0.0.1",
     port: Port = 7860,
     reward: Judge[0] = None,
     reward_model: Judge[1] = None,
+    ensemble_objective: EnsembleObjective = None,
 ) -> None:
     """Rank K sampled responses per prompt in the browser; rows feed `align rm` unchanged."""
     from align.feedback import label_task, run_task
 
     quiet_libraries()
     task = label_task(model, data, output, k, limit, temperature, max_new_tokens, seed, annotator)
-    run_task(task, "label.html", host, port, reward, reward_model, typer.echo)
+    names = annotators.split(",") if annotators else []
+    run_task(task, "label.html", host, port, (reward, reward_model, ensemble_objective), typer.echo, names)
 
 
 @app.command()
@@ -357,17 +365,20 @@ def arena(
     max_new_tokens: MaxNewTokens = 64,
     seed: _option(int, help="Sampling and side-shuffling seed.") = 0,
     annotator: Annotator = "anonymous",
+    annotators: Annotators = None,
     host: Host = "127.0.0.1",
     port: Port = 7861,
     reward: Judge[0] = None,
     reward_model: Judge[1] = None,
+    ensemble_objective: EnsembleObjective = None,
 ) -> None:
     """Blind side-by-side votes between two policies with a live win rate; votes are saved as pairs."""
     from align.feedback import arena_task, run_task
 
     quiet_libraries()
     task = arena_task(model_a, model_b, data, output, limit, temperature, max_new_tokens, seed, annotator)
-    run_task(task, "arena.html", host, port, reward, reward_model, typer.echo)
+    names = annotators.split(",") if annotators else []
+    run_task(task, "arena.html", host, port, (reward, reward_model, ensemble_objective), typer.echo, names)
 
 
 @app.command()

@@ -1,6 +1,12 @@
-"""User-facing errors: the CLI turns these into one line on stderr and exit code 2."""
+"""User-facing errors: every command turns these into one line on stderr and exit code 2."""
 
 from __future__ import annotations
+
+import errno
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
 
 
 class AlignError(Exception):
@@ -21,3 +27,38 @@ class ArtifactError(AlignError):
 
 class TrainingDiverged(AlignError):
     """The loss became NaN or infinite; the last good checkpoint is kept for --resume."""
+
+
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def handled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose AlignError becomes one line on stderr and exit code 2 (the traceback with
+    ALIGN_DEBUG=1 or `align --debug`); an interrupt says how to resume; a full or read-only disk says
+    that no artifact was replaced."""
+    import typer
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except AlignError as exc:
+            if os.environ.get("ALIGN_DEBUG"):
+                raise  # the traceback, for a user debugging their own reward function or data
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in _STORAGE_ERRORS:
+                raise
+            # a full disk or a read-only / forbidden directory: nothing was committed, any earlier artifact stands
+            where = f" writing {exc.filename}" if exc.filename else ""
+            typer.echo(
+                f"error: {exc.strerror}{where}; no artifact was replaced (free space or fix permissions, rerun)",
+                err=True,
+            )
+            raise typer.Exit(2) from None
+
+    return command

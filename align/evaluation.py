@@ -34,14 +34,14 @@ from align.text.chat import prompt_text
 
 def run(config: EvalConfig) -> dict[str, Any]:
     """The figures of one policy (see the module docstring)."""
-    return _evaluate(config, _scorer(config.reward_model))[0]
+    return _evaluate(config, _scorer(config, config.reward_model))[0]
 
 
 def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> dict[str, Any]:
     """Evaluate several policies on the same prompts, then the win rate of each later one against the
     first, judged per prompt on the sampled responses by `judge` (an RM artifact; default the config's
     RM, else the gold reward of synthetic prompts)."""
-    scorer = _scorer(config.reward_model)  # loaded once for every policy
+    scorer = _scorer(config, config.reward_model)  # loaded once for every policy
     results, responses = {}, {}
     for model in models:
         results[model], prompts, responses[model] = _evaluate(
@@ -51,7 +51,7 @@ def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> 
     if len(models) == 1:
         return {"policies": results}
     if judge:
-        score = (scorer if judge == config.reward_model else _scorer(judge)).score
+        score = (scorer if judge == config.reward_model else _scorer(config, judge)).score
     elif all(family_of(p) != "unknown" for p in prompts):
         score, judge = gold_reward, "gold"
     else:
@@ -63,8 +63,10 @@ def compare(config: EvalConfig, models: list[str], judge: str | None = None) -> 
     return {"policies": results, "judge": judge, "win_rate": win_rates}
 
 
-def _scorer(reward_model: str | None) -> RewardModel | None:
-    return RewardModel.load(reward_model, device=pick_device()) if reward_model else None
+def _scorer(config: EvalConfig, reward_model: str | None) -> RewardModel | None:
+    if not reward_model:
+        return None
+    return RewardModel.load(reward_model, pick_device(), config.ensemble_objective, config.uwo_penalty)
 
 
 def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str, Any], list[str], list[str]]:

@@ -2,16 +2,18 @@
 
     align export --model runs/tiny/ppo --output exports/tiny-ppo [--push-to-hub user/name]
 
-The result is an `export` artifact whose `model/` directory loads with `AutoModelForCausalLM` and
-`AutoTokenizer` alone (no peft, no align), in safetensors, with a README.md model card carrying the
-lineage (every parent stage, its data and content hash) and the measured metrics from the manifests.
+The output directory is a plain Hugging Face model directory: `AutoModelForCausalLM.from_pretrained(DIR)`,
+`AutoTokenizer.from_pretrained(DIR)` and `pipeline("text-generation", model=DIR)` load it with no peft
+and no align, in safetensors. Beside the weights, README.md is the model card (every artifact it came
+from, the reward model included: stage, data and content hashes, and the measured metrics) and
+manifest.json keeps the lineage, so the directory is an `export` artifact as well.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from align.artifacts import Artifact, ArtifactWriter, lineage
+from align.artifacts import Artifact, ArtifactWriter, ancestors, lineage
 from align.models import ModelSource, load_policy, load_tokenizer, record_base, resolve_model
 
 _HEADLINE = (
@@ -31,10 +33,10 @@ def run(model: str, output: str | Path, push_to_hub: str | None = None) -> Artif
     tokenizer = load_tokenizer(source)
     policy = load_policy(source)  # LoRA adapters of the whole lineage merged in
     with ArtifactWriter(Path(output), "export", {"model": model, "push_to_hub": push_to_hub}) as writer:
-        policy.save_pretrained(str(writer.model_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(writer.model_dir))
-        (writer.model_dir / "README.md").write_text(model_card(source))
-        writer.extra["model_format"] = "full"
+        policy.save_pretrained(str(writer.work_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(writer.work_dir))
+        (writer.work_dir / "README.md").write_text(model_card(source))
+        writer.extra.update(model_format="full", model_dir=".")
         record_base(writer, source)
         writer.metrics["parameters"] = sum(p.numel() for p in policy.parameters())
         artifact = writer.commit()
@@ -71,7 +73,7 @@ def model_card(source: ModelSource) -> str:
         "| stage | data | data sha256 | artifact content sha256 | metrics |",
         "|---|---|---|---|---|",
     ]
-    for artifact in lineage(source.artifact)[::-1]:
+    for artifact in ancestors(source.artifact):
         data = artifact.manifest.get("data", {})
         metrics = ", ".join(
             f"{k} {v:.3f}" for k, v in artifact.metrics.items() if k in _HEADLINE and isinstance(v, float)
@@ -80,16 +82,27 @@ def model_card(source: ModelSource) -> str:
             f"| {artifact.stage} | {data.get('source', '-')} | {str(data.get('sha256', '-'))[:16]} | "
             f"{artifact.sha256[:16]} | {metrics or '-'} |"
         )
-    reward = source.artifact.manifest.get("reward")
-    if reward:
-        lines += ["", f"Reward: {reward}"]
+    lines += ["", f"Reward: {_reward(source.artifact)}"] if source.artifact.manifest.get("reward") else []
     base = lineage(source.artifact)[-1].manifest.get("base_model", {})
-    lines += ["", f"Base model: {base or 'trained from scratch by align pretrain'}", ""]
+    lines += [
+        "",
+        f"Base model: {base.get('hub') or base.get('path') or 'trained from scratch by align pretrain'}",
+        "",
+    ]
     return "\n".join(lines)
 
 
+def _reward(artifact: Artifact) -> str:
+    """What the policy was optimised against, in words."""
+    reward = artifact.manifest["reward"]
+    if isinstance(reward, str):
+        return f"the Python reward function `{reward}`"
+    rm = artifact.parent("rm")
+    return f"the reward model `{rm.path.name}` (content sha256 {rm.sha256[:16]})" if rm else "a reward model"
+
+
 def _push(artifact: Artifact, repo_id: str) -> None:
-    """Upload model/ (weights, tokenizer, card) to the hub; needs network access and a token."""
+    """Upload the model directory (weights, tokenizer, card) to the hub; needs network access and a token."""
     from huggingface_hub import HfApi
 
     from align.errors import ArtifactError

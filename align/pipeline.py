@@ -34,8 +34,10 @@ def run(
     only: str | None = None,
     report: Callable[[str], None] = print,
     root: str | Path | None = None,
+    dry_run: bool = False,
 ) -> list[StageResult]:
-    """Run the stages of `recipe` into `root` (default: the recipe's `run`)."""
+    """Run the stages of `recipe` into `root` (default: the recipe's `run`); `dry_run` resolves and checks
+    every stage's config and wiring and runs none."""
     spec = load_recipe(recipe)
     unknown = set(spec) - {"run", "stages", "set"}
     if unknown:
@@ -68,6 +70,10 @@ def run(
             results.append(StageResult(stage, output, True))
             continue
         forced = True  # everything after a rerun stage depends on it
+        if dry_run:
+            report(f"{stage}: would run -> {output}")
+            results.append(StageResult(stage, output, True))
+            continue
         report(f"{stage}: running -> {output}")
         artifact = STAGES[stage].run(config)
         results.append(StageResult(stage, artifact.path, False))

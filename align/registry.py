@@ -26,6 +26,7 @@ _TRAIN = {
 }
 _DATA = {**_COMMON, **_TRAIN, "data": "data", "eval_data": "eval_data", "max_length": "max_length"}
 _JUDGED = {"reward_model": "reward_model", "reward": "reward", "prompts": "prompts"}
+_JUDGED["ensemble_objective"] = "ensemble_objective"
 _ONLINE = {**_COMMON, **_TRAIN, **_JUDGED, "num_generations": "num_generations", "beta": "beta"}
 
 
@@ -91,7 +92,7 @@ STAGES: dict[str, Stage] = {
             "rm",
             configs.RMConfig,
             "Reward model on ranked pairs (Bradley-Terry), initialised from the SFT policy.",
-            {**_DATA, "margin": "margin"},
+            {**_DATA, "margin": "margin", "ensemble": "ensemble"},
             {"model": "sft", "data": "pairs"},
             holds_policy=False,
         ),
@@ -104,6 +105,7 @@ STAGES: dict[str, Stage] = {
                 **{name: key for name, key in _TRAIN.items() if name not in ("epochs", "batch_size")},
                 **_JUDGED,
                 "validation_reward": "validation_reward",
+                "validation_reward_model": "validation_reward_model",
                 "kl_coef": "ppo.kl_coef",
                 "critic": "critic",
                 "steps": "ppo.steps",  # the earlier name of --max-steps, still read (with a notice)

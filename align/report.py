@@ -1,7 +1,8 @@
 """`align report RUN_DIR`: PNG plots and a markdown report of every artifact under a run directory.
 
 Everything is read from what the stages and `align eval` already wrote (manifests and `logs/metrics.jsonl`),
-so a report can be rebuilt at any time without touching a model:
+so a report can be rebuilt at any time without touching a model. `report.md` opens with a Health line per
+artifact (`align.health`: which stage to fix), then the policies' figures, and the plots:
 
 - `loss.png`: the training loss of every stage over its steps;
 - `reward_model.png`: the RM's pairwise accuracy while training and its held-out accuracy by margin bucket;
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from align import health
 from align.artifacts import Artifact, load_artifact
 from align.errors import ArtifactError
 from align.registry import POLICY_STAGES
@@ -244,7 +246,11 @@ def _gain(values: list[float]) -> list[float]:
 
 
 def _markdown(run_dir: Path, artifacts: dict[str, Artifact], plots: list[str]) -> str:
-    lines = [f"# align report: {run_dir}", "", "## Policies on the held-out prompts", ""]
+    lines = [f"# align report: {run_dir}", "", "## Health", ""]
+    for name, artifact in artifacts.items():
+        healthy, why = health.check(artifact)
+        lines.append(f"- {'✓' if healthy else '⚠'} `{name}` ({artifact.stage}): {why}")
+    lines += ["", "## Policies on the held-out prompts", ""]
     lines += [
         "| artifact | stage | gold (T=0.7) | gold greedy | RM score | KL to SFT | text perplexity |",
         "|---|---|---|---|---|---|---|",

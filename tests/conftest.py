@@ -254,6 +254,16 @@ def untimed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if "seconds" not in k and k != "tokens_per_second"} for r in rows]
 
 
+def error_line(stderr: str) -> str:
+    """The one error line a failed command ends with (align's progress and data lines may come before
+    it; a traceback may not)."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert not any(line.startswith(("Traceback", "  File ")) for line in lines), stderr
+    return errors[0]
+
+
 def sets(*assignments: str) -> list[str]:
     """`--set a=1 --set b=2` for CLI calls in tests."""
     return [arg for assignment in assignments for arg in ("--set", assignment)]

@@ -10,3 +10,15 @@ def longer(prompts: list[str], responses: list[str]) -> list[float]:
 
 def wrong_length(prompts: list[str], responses: list[str]) -> list[float]:
     return [0.0]
+
+
+def raises(prompts: list[str], responses: list[str]) -> list[float]:
+    raise RuntimeError("the reward server is down")
+
+
+def nan(prompts: list[str], responses: list[str]) -> list[float]:
+    return [float("nan")] * len(responses)
+
+
+def words(prompts: list[str], responses: list[str]) -> list[str]:
+    return ["good"] * len(responses)

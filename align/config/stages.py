@@ -27,7 +27,9 @@ class DataStage(Settings):
     eval_data: str | None = None  # None: hold out eval_fraction of the data (whole groups at a time)
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     limit: int | None = Field(None, ge=1)  # use only the first N usable rows
-    max_length: int = Field(512, ge=8)  # longer rows are dropped and counted, never silently truncated
+    max_length: int = Field(512, ge=8)  # longest row in tokens
+    # an over-long row: dropped and counted, cut from the prompt's left (the response kept), or cut at the end
+    truncation: Literal["drop", "keep_end", "keep_start"] = "drop"
     trust_remote_code: bool = False
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
@@ -53,9 +55,17 @@ class RMConfig(DataStage):
     margin: float = Field(0.0, ge=0.0)  # required score gap: loss = -log sigmoid(r_c - r_r - margin)
     center_rewards: float | None = Field(None, ge=0.0)  # coefficient of the mean((r_c + r_r)^2) term
     group_rankings: bool = True  # keep the pairs of one K-way ranking in the same batch (InstructGPT)
+    ensemble: int = Field(1, ge=1)  # members, each its own trunk (member i > 0: seed + i, bootstrapped pairs)
 
 
-class Judged(Settings):
+class EnsembleJudging(Settings):
+    """How an RM ensemble's members combine into one score (Coste et al. 2023)."""
+
+    ensemble_objective: Literal["mean", "min", "uwo"] = "mean"
+    uwo_penalty: float = Field(1.0, ge=0.0)  # uwo: the members' mean - penalty x their variance
+
+
+class Judged(EnsembleJudging):
     """A stage that samples from a policy and scores with one judge: an RM artifact or a function."""
 
     reward_model: str | None = None  # RM artifact
@@ -184,6 +194,10 @@ class PPOSettings(Settings):
     ptx_coef: float = Field(0.0, ge=0.0)  # PPO-ptx (InstructGPT): weight of the LM loss on ptx_data rows
     ptx_batch_size: int = Field(8, ge=1)  # ptx_data rows per minibatch
     sample_every: int = 10  # log a few generations every N iterations
+    validation_every: int = Field(0, ge=0)  # score the validation prompts every N steps (0: never)
+    validation_prompts: int = Field(64, ge=1)  # how many of the training prompts are split off for it
+    keep_best: bool = False  # the artifact is the policy of the best validation step (step 0: SFT)
+    early_stop_patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a gain
 
     @model_validator(mode="after")
     def _batches(self) -> PPOSettings:
@@ -214,7 +228,8 @@ class PPOConfig(Judged):
     """`align ppo`: the SFT policy optimised against a reward model (or a reward function) with PPO."""
 
     model: str = ""  # SFT artifact (the policy and, adapters disabled, the reference)
-    validation_reward: str | None = None  # a `module:function` scoring each step's rollouts, never optimised
+    validation_reward: str | None = None  # a `module:function` judging each step's rollouts, never optimised
+    validation_reward_model: str | None = None  # or an RM artifact (a held-out ensemble member, a second RM)
     prompts: str = ""  # prompts file (or a pairs/sft file: its prompts)
     ptx_data: str | None = None  # SFT data (demonstrations) whose LM loss PPO-ptx mixes in
     output: str = ""
@@ -235,6 +250,16 @@ class PPOConfig(Judged):
             f"critic '{self.critic}' needs --reward-model",
         )
         require(self.ppo.ptx_coef == 0 or bool(self.ptx_data), "ppo.ptx_coef > 0 needs ptx_data (SFT data)")
+        require(
+            self.validation_reward is None or self.validation_reward_model is None,
+            "give at most one of --validation-reward and --validation-reward-model",
+        )
+        judged = self.validation_reward is not None or self.validation_reward_model is not None
+        needs = self.ppo.keep_best or self.ppo.early_stop_patience is not None
+        require(
+            not needs or (judged and self.ppo.validation_every > 0),
+            "ppo.keep_best and ppo.early_stop_patience need a validation judge and ppo.validation_every > 0",
+        )
         return self
 
 
@@ -256,7 +281,7 @@ class PretrainConfig(Settings):
         return self
 
 
-class EvalConfig(Settings):
+class EvalConfig(EnsembleJudging):
     """`align eval`: gold score, RM score and KL of a policy on held-out prompts."""
 
     model: str = ""

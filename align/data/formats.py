@@ -18,6 +18,7 @@ dropped and counted by reason in the manifest.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from typing import Any
 
 from align.data.sources import Source, open_source, read_rows
 from align.errors import DataError
+
+logger = logging.getLogger("align")
 
 KINDS = ("text", "sft", "pairs", "prompts")
 Message = dict[str, str]
@@ -51,6 +54,7 @@ class Dataset:
     source: Source
     read: int = 0
     dropped: Counter = field(default_factory=Counter)
+    truncated: int = 0  # over-long rows kept, cut to fit (`truncation: keep_end | keep_start`)
 
     def info(self) -> dict[str, Any]:
         """The manifest's `data` record."""
@@ -61,7 +65,28 @@ class Dataset:
             "rows_read": self.read,
             "rows": len(self.rows),
             "dropped": dict(self.dropped),
+            "truncated": self.truncated,
         }
+
+    def announce(self) -> None:
+        """One line on the console: rows read, kept, cut and dropped by reason; a warning when more than
+        10 % of the rows read were dropped."""
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.dropped.items()) or "none"
+        cut = f", {self.truncated} truncated" if self.truncated else ""
+        logger.info(
+            "%s: %d rows read, %d kept%s; dropped: %s",
+            self.source.name,
+            self.read,
+            len(self.rows),
+            cut,
+            reasons,
+        )
+        dropped = sum(self.dropped.values())
+        if dropped > 0.1 * max(self.read, 1):
+            logger.warning(
+                "%s: %d of %d rows (%.0f %%) were dropped; `truncation: keep_end` keeps over-long rows",
+                self.source.name, dropped, self.read, 100 * dropped / max(self.read, 1),
+            )  # fmt: skip
 
     def add(self, values: dict[str, Any], where: str, origin: str) -> None:
         """Normalise one raw row into this data set's rows, or count it under the reason it was dropped.

@@ -53,26 +53,30 @@ def run_task(
     page: str,
     host: str,
     port: int,
-    reward: str | None,
-    reward_model: str | None,
+    judge: tuple[str | None, str | None, str | None],
     echo: Callable[[str], None],
+    annotators: list[str] | None = None,
 ) -> None:
-    """Judge headless with a reward when one is given, else serve the page until interrupted."""
+    """Judge headless when `judge` = (reward function, RM artifact, ensemble objective) names one, else
+    serve the page until interrupted."""
+    reward, reward_model, objective = judge
     if reward and reward_model:
         raise ConfigError("give --reward or --reward-model as the judge, not both")
     if reward or reward_model:
         from align.feedback.tasks import judge_all
         from align.rewards import load_judge
 
-        echo(json.dumps(judge_all(task, load_judge(reward_model, reward)[1])))
+        echo(json.dumps(judge_all(task, load_judge(reward_model, reward, None, objective or "mean")[1])))
         return
-    from align.feedback.server import serve
+    from align.feedback.server import access_tokens, serve
 
     progress = task.progress()
-    echo(
-        f"http://{host}:{port}/  ({progress['done']} of {progress['total']} judged; Ctrl-C stops, nothing is lost)"
-    )
-    serve(task, page, host, port)
+    tokens = access_tokens(host, annotators or [], task.annotator)
+    links = [f"http://{host}:{port}/?token={token}  ({name})" for token, name in (tokens or {}).items()]
+    for link in links or [f"http://{host}:{port}/"]:
+        echo(link)
+    echo(f"({progress['done']} of {progress['total']} judged; Ctrl-C stops, nothing is lost)")
+    serve(task, page, host, port, tokens)
 
 
 def _decoding(temperature: float, max_new_tokens: int) -> Decoding:

@@ -1,7 +1,9 @@
 """The local web server behind `align label` and `align arena`: one static page and a small JSON API.
 
 FastAPI rather than gradio: two fixed pages need no component framework, the API is what the headless
-tests drive, and the dependency stays small. The server binds 127.0.0.1 unless told otherwise.
+tests drive, and the dependency stays small. The server binds 127.0.0.1 unless told otherwise; bound to
+anything else (or given annotators) every API call needs a token (`?token=` or an `X-Align-Token`
+header, 401 without a valid one), and a judgement is stored under the annotator its token names.
 
     GET  /            the page
     GET  /api/next    the next unjudged item (or {"finished": true} with the final figures)
@@ -10,39 +12,65 @@ tests drive, and the dependency stays small. The server binds 127.0.0.1 unless t
 
 from __future__ import annotations
 
+import secrets
 from importlib import resources
 from typing import Any
 
 from align.errors import AlignError
 from align.feedback.tasks import FeedbackTask
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-def create_app(task: FeedbackTask, page: str) -> Any:
-    from fastapi import Body, FastAPI, HTTPException
+
+def access_tokens(host: str, annotators: list[str], default: str) -> dict[str, str] | None:
+    """Token -> annotator: one per annotator, or one for the run when bound off loopback; None (no
+    tokens) for this machine only with no annotators named."""
+    if not annotators and host in LOOPBACK:
+        return None
+    return {secrets.token_urlsafe(16): name for name in annotators or [default]}
+
+
+def create_app(task: FeedbackTask, page: str, tokens: dict[str, str] | None = None) -> Any:
+    from fastapi import Body, Depends, FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse
 
     html = resources.files("align.feedback").joinpath("static", page).read_text(encoding="utf-8")
     app = FastAPI(title="align feedback", docs_url=None, redoc_url=None)
+
+    def annotator(request: Request) -> str | None:
+        """The annotator the request's token names (401 without a valid one, when tokens are on)."""
+        if tokens is None:
+            return None
+        token = request.query_params.get("token") or request.headers.get("x-align-token", "")
+        match = next((name for known, name in tokens.items() if secrets.compare_digest(known, token)), None)
+        if match is None:
+            raise HTTPException(
+                status_code=401, detail="a valid token is needed (the link the server printed)"
+            )
+        return match
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return html
 
     @app.get("/api/next")
-    def next_item() -> dict[str, Any]:
+    def next_item(who: str | None = Depends(annotator)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
         return task.next_payload()
 
     @app.post("/api/judge")
-    def judge(payload: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
+    def judge(
+        payload: dict[str, Any] = Body(...),  # noqa: B008 - FastAPI's idiom
+        who: str | None = Depends(annotator),  # noqa: B008
+    ) -> dict[str, Any]:
         try:
-            return task.submit(payload)
+            return task.submit(payload, who)
         except AlignError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
 
     return app
 
 
-def serve(task: FeedbackTask, page: str, host: str, port: int) -> None:
+def serve(task: FeedbackTask, page: str, host: str, port: int, tokens: dict[str, str] | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(task, page), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(task, page, tokens), host=host, port=port, log_level="warning")

@@ -67,14 +67,15 @@ class FeedbackTask:
                 return {"finished": True, **self.progress(), **self.summary(), **self.reveal()}
             return {"finished": False, **self.show(item), **self.progress(), **self.summary()}
 
-    def submit(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, payload: dict[str, Any], annotator: str | None = None) -> dict[str, Any]:
+        """Record one judgement, under `annotator` (the one a token names) or the task's."""
         with self.lock:
             item = payload.get("item")
             if not isinstance(item, int) or not 0 <= item < len(self.prompts):
                 raise DataError(f"judgement: field 'item' must be an item number below {len(self.prompts)}")
             if item in self.log.done:
                 raise DataError(f"judgement: item {item} is already judged")
-            self.log.append(self.record(item, payload), self.annotator)
+            self.log.append(self.record(item, payload), annotator or self.annotator)
             self.cache.pop(item, None)
             return {**self.progress(), **self.summary()}
 
@@ -112,6 +113,11 @@ class LabelTask(FeedbackTask):
     def record(self, item: int, payload: dict[str, Any]) -> dict[str, Any]:
         responses = [self.sampler.strip(r) for r in self.raw_responses(item)]
         row: dict[str, Any] = {"item": item, "prompt": self.prompts[item]}
+        given = [k for k in ("ranking", "best", "tie", "skip") if payload.get(k) not in (None, False)]
+        if len(given) > 1 or (payload.get("worst") is not None and "best" not in given):
+            raise DataError(
+                f"judgement: give exactly one of 'ranking', 'best' and 'worst', 'tie' or 'skip' (got {', '.join(given)})"
+            )
         if payload.get("tie") or payload.get("skip"):
             return {**row, "judgement": "tie" if payload.get("tie") else "skip", "responses": responses}
         if "ranking" in payload:

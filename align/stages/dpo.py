@@ -24,7 +24,7 @@ from align.data import Dataset, load_data
 from align.data.splits import by_group, hold_out
 from align.errors import ConfigError
 from align.models import load_policy, load_tokenizer, pick_device, resolve_model, save_policy
-from align.rewards import load_judge
+from align.rewards import judge_of
 from align.stages import trl_stage
 from align.stages.pairs import sample_pairs
 from align.text.encoding import tokenize_pairs
@@ -59,7 +59,7 @@ def run_iterative(config: DPOConfig, resume: bool = False) -> Artifact:
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     device = pick_device()
-    judge_artifact, judge = load_judge(config.reward_model, config.reward, device)
+    judge_artifact, judge = judge_of(config, device)
     prompts_data = load_data(config.prompts, "prompts", config.limit)
     prompts = [row["prompt"] for row in prompts_data.rows]
     random.Random(config.train.seed).shuffle(prompts)
@@ -105,7 +105,7 @@ def _rows(
     """Tokenised-length filtered training rows and the held-out rows (a group-wise split of `data`
     unless a held-out set is given)."""
     for dataset in filter(None, (data, held_out)):
-        tokenize_pairs(dataset, tokenizer, config.max_length, 0.0)  # drops and counts over-long pairs
+        tokenize_pairs(dataset, tokenizer, config.max_length, 0.0, config.truncation)  # counts them
     train_rows, eval_rows = data.rows, held_out.rows if held_out else None
     if eval_rows is None and config.eval_fraction > 0:
         train_rows, eval_rows = hold_out(train_rows, config.eval_fraction, config.train.seed, by_group)
@@ -132,6 +132,8 @@ def _fit(
         loss_weights=[1.0, config.sft_weight][: len(losses)], label_smoothing=config.label_smoothing
     )
     fields["precompute_ref_log_probs"] = config.precompute_ref_log_probs
+    if config.truncation != "drop":  # the rows kept over-long are cut by TRL the same way
+        fields["truncation_mode"] = config.truncation
     trainer, summary = trl_stage.fit(
         DPOTrainer, TRLDPOConfig, config, model, tokenizer, writer, (train_rows, eval_rows), fields, resume,
         ref_model=reference,

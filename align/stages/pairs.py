@@ -27,7 +27,7 @@ from align.config import PairSampling, PairsConfig, to_dict
 from align.data import load_data
 from align.decoding.generate import Decoding, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, record_base, resolve_model
-from align.rewards import RewardFn, load_judge
+from align.rewards import RewardFn, judge_of
 from align.text.chat import prompt_text
 
 
@@ -37,7 +37,7 @@ def run(config: PairsConfig, resume: bool = False) -> Artifact:
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     device = pick_device()
-    judge_artifact, judge = load_judge(config.reward_model, config.reward, device)
+    judge_artifact, judge = judge_of(config, device)
     policy = load_policy(source, config.trust_remote_code).to(device)
     with ArtifactWriter(config.output, "pairs", to_dict(config), resume) as writer:
         rows, stats = sample_pairs(

@@ -11,7 +11,9 @@ response (GPT-2 pools the last non-pad token).
 
 from __future__ import annotations
 
+import json
 import random
+import statistics
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,34 +47,112 @@ def run(config: RMConfig, resume: bool = False) -> Artifact:
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD})
-    train_rows = tokenize_pairs(data, tokenizer, config.max_length, config.margin)
-    eval_rows = tokenize_pairs(held_out, tokenizer, config.max_length, config.margin) if held_out else None
+    train_rows = tokenize_pairs(data, tokenizer, config.max_length, config.margin, config.truncation)
+    eval_rows = (
+        tokenize_pairs(held_out, tokenizer, config.max_length, config.margin, config.truncation)
+        if held_out
+        else None
+    )
     if eval_rows is None and config.eval_fraction > 0:
         train_rows, eval_rows = hold_out(train_rows, config.eval_fraction, config.train.seed, by_group)
 
     torch.manual_seed(config.train.seed)
-    model = reward_model_from_policy(load_policy(source, config.trust_remote_code), tokenizer)
+    policy = load_policy(source, config.trust_remote_code)
     with ArtifactWriter(config.output, "rm", to_dict(config), resume) as writer:
-        fields = {"max_length": config.max_length, "center_rewards_coefficient": config.center_rewards}
-        fields["remove_unused_columns"] = False  # the group column orders the batches
-        trainer_cls = GroupedRewardTrainer if config.group_rankings else RewardTrainer
-        trainer, summary = trl_stage.fit(
-            trainer_cls, RewardConfig, config, model, tokenizer, writer, (train_rows, eval_rows), fields,
-            resume, task_type="SEQ_CLS",
-        )  # fmt: skip
-        trained = trainer.model.merge_and_unload() if config.lora.enabled else trainer.model
-        scorer = RewardModel(trained, tokenizer)
-        summary.update(reward_model_report(scorer, eval_rows or [], "eval"))
-        train_scores = scorer.score(*_texts(train_rows[:2000]))
-        summary["reward_mean"] = float(torch.tensor(train_scores).mean())
-        summary["reward_std"] = float(torch.tensor(train_scores).std())
-        trained.save_pretrained(str(writer.model_dir))
+        members = [
+            _train_member(config, member, policy, tokenizer, writer, train_rows, eval_rows, resume)
+            for member in range(config.ensemble)
+        ]
         tokenizer.save_pretrained(str(writer.model_dir))
         writer.record_data(data, held_out)
-        writer.metrics = summary
+        writer.metrics = (
+            members[0] if config.ensemble == 1 else _ensemble_metrics(writer, members, eval_rows, train_rows)
+        )
         writer.extra["model_format"] = "full"
         record_base(writer, source)
         return writer.commit()
+
+
+def _train_member(
+    config: RMConfig,
+    member: int,
+    policy: Any,
+    tokenizer: Any,
+    writer: ArtifactWriter,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]] | None,
+    resume: bool,
+) -> dict[str, Any]:
+    """One reward model: member 0 on the pairs as they are, member i > 0 with seed + i on a bootstrap
+    resample of the training groups (Coste et al. 2023). Its model goes to model/ or members/<i>/; a
+    member a resumed run finds saved is not trained again."""
+    directory = writer.model_dir if member == 0 else writer.work_dir / "members" / str(member)
+    done = writer.logs_dir / f"member-{member}.json"
+    if resume and done.is_file() and (directory / "config.json").is_file():
+        return json.loads(done.read_text())
+    seed = config.train.seed + member
+    rows = train_rows if member == 0 else _bootstrap(train_rows, seed)
+    settings = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+    model = reward_model_from_policy(policy, tokenizer)
+    fields = {"max_length": config.max_length, "center_rewards_coefficient": config.center_rewards}
+    fields["remove_unused_columns"] = False  # the group column orders the batches
+    trainer_cls = GroupedRewardTrainer if config.group_rankings else RewardTrainer
+    trainer, summary = trl_stage.fit(
+        trainer_cls, RewardConfig, settings, model, tokenizer, writer, (rows, eval_rows), fields, resume,
+        task_type="SEQ_CLS", part=f"member-{member}" if member else "",
+    )  # fmt: skip
+    trained = trainer.model.merge_and_unload() if config.lora.enabled else trainer.model
+    scorer = RewardModel(trained, tokenizer)
+    summary.update(reward_model_report(scorer, eval_rows or [], "eval"))
+    train_scores = scorer.score(*_texts(train_rows[:2000]))
+    summary["reward_mean"] = float(torch.tensor(train_scores).mean())
+    summary["reward_std"] = float(torch.tensor(train_scores).std())
+    trained.save_pretrained(str(directory))
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(summary))
+    return summary
+
+
+def _bootstrap(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """As many groups as there are, drawn with replacement, each with all its pairs."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    keys = sorted(groups)
+    rng = random.Random(seed)
+    return [row for _ in keys for row in groups[rng.choice(keys)]]
+
+
+def _ensemble_metrics(
+    writer: ArtifactWriter,
+    members: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]] | None,
+    train_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ensemble's own figures (its mean objective on the held-out pairs, the members' disagreement)
+    beside each member's, and what the members cost in memory."""
+    from align.artifacts import Artifact
+
+    artifact = Artifact(writer.work_dir, {"metrics": {"members": members}})
+    ensemble = RewardModel.load(artifact, device="cpu")
+    figures = {"members": members, "ensemble": len(members)}
+    figures.update(reward_model_report(ensemble, eval_rows or [], "eval"))
+    prompts, responses = _texts(train_rows[:2000])
+    scores = torch.tensor(ensemble.score(prompts, responses))
+    figures.update(reward_mean=float(scores.mean()), reward_std=float(scores.std()))
+    figures["member_disagreement"] = statistics.fmean(ensemble.spread)
+    figures["member_correlation"] = _mean_correlation(ensemble.member_scores(prompts, responses))
+    figures["weights_bytes"] = sum(
+        p.numel() * p.element_size() for m, *_ in ensemble.members for p in m.parameters()
+    )
+    return figures
+
+
+def _mean_correlation(scores: torch.Tensor) -> float:
+    """The mean Pearson correlation between two members' scores: 1 means the members are one model."""
+    matrix = torch.corrcoef(scores)
+    k = matrix.shape[0]
+    return float((matrix.sum() - k) / (k * (k - 1)))
 
 
 def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:

@@ -26,8 +26,8 @@ def run(config: SFTConfig, resume: bool = False) -> Artifact:
     held_out = load_data(config.eval_data, "sft") if config.eval_data else None
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    train_rows = tokenize_sft(data, tokenizer, config.max_length)
-    eval_rows = tokenize_sft(held_out, tokenizer, config.max_length) if held_out else None
+    train_rows = tokenize_sft(data, tokenizer, config.max_length, config.truncation)
+    eval_rows = tokenize_sft(held_out, tokenizer, config.max_length, config.truncation) if held_out else None
     if eval_rows is None and config.eval_fraction > 0 and len(train_rows) >= 20:
         train_rows, eval_rows = hold_out(train_rows, config.eval_fraction, config.train.seed)
 

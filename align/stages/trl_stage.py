@@ -17,7 +17,7 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
 from align.artifacts import Artifact, ArtifactWriter
@@ -25,8 +25,9 @@ from align.config import OnlineConfig, TrainSettings, to_dict
 from align.data import load_data
 from align.distributed import on_accelerator
 from align.errors import ConfigError, TrainingDiverged
+from align.logs import ProgressLines, interactive
 from align.models import load_policy, load_tokenizer, lora_config, pick_device, resolve_model, save_policy
-from align.rewards import load_judge, trl_reward
+from align.rewards import judge_of, trl_reward
 
 # our TrainSettings field -> the TRL/transformers argument it sets
 _TRL_NAMES = {
@@ -56,23 +57,28 @@ def fit(
     stage_fields: dict[str, Any],
     resume: bool,
     task_type: str = "CAUSAL_LM",
+    part: str = "",
     **trainer_args: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """Build `trainer_cls` on the (train, held-out) rows with the stage config's `train` settings and
-    LoRA (if it has them, and they are on), train it, and return it with the run's summary figures."""
+    LoRA (if it has them, and they are on), train it, and return it with the run's summary figures.
+    `part` names one of several models a stage trains (an ensemble member): its checkpoints and logs
+    go to their own subdirectory."""
     lora = getattr(stage, "lora", None)
     train_rows, eval_rows = rows
+    checkpoints, logs = writer.checkpoints_dir / part, writer.logs_dir / part
     trainer = trainer_cls(
         model=model,
-        args=trainer_config(config_cls, stage.train, writer, bool(eval_rows), **stage_fields),
+        args=trainer_config(config_cls, stage.train, checkpoints, bool(eval_rows), **stage_fields),
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=lora_config(lora, model, task_type) if lora is not None and lora.enabled else None,
-        callbacks=callbacks(writer),
+        callbacks=callbacks(logs),
         **trainer_args,
     )
-    checkpoint = last_complete_checkpoint(writer.checkpoints_dir) if resume else None
+    _show_progress(trainer, writer.stage)
+    checkpoint = last_complete_checkpoint(checkpoints) if resume else None
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -93,7 +99,7 @@ def run_online(
     prompts = load_data(config.prompts, "prompts", config.limit)
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    rm_artifact, reward = load_judge(config.reward_model, config.reward, pick_device())
+    rm_artifact, reward = judge_of(config, pick_device())
     torch.manual_seed(config.train.seed)
     model = load_policy(source, config.trust_remote_code)
     with ArtifactWriter(config.output, stage, to_dict(config), resume) as writer:
@@ -114,7 +120,7 @@ def run_online(
 
 
 def trainer_config(
-    config_cls: type, train: TrainSettings, writer: ArtifactWriter, has_eval: bool, **stage_fields: Any
+    config_cls: type, train: TrainSettings, checkpoints: Path, has_eval: bool, **stage_fields: Any
 ) -> Any:
     """Build a TRL/transformers config: our settings first, the stage's fields, then `train.trainer` extras."""
     cuda = torch.cuda.is_available()
@@ -123,7 +129,7 @@ def trainer_config(
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     kwargs: dict[str, Any] = {trl: getattr(train, ours) for ours, trl in _TRL_NAMES.items()}
     kwargs.update(
-        output_dir=str(writer.checkpoints_dir),
+        output_dir=str(checkpoints),
         per_device_eval_batch_size=train.batch_size,
         data_seed=train.seed,
         logging_first_step=True,
@@ -131,7 +137,7 @@ def trainer_config(
         save_steps=train.save_steps or 500,
         eval_strategy="steps" if has_eval and train.eval_steps else "no",
         eval_steps=train.eval_steps or None,
-        gradient_checkpointing=cuda if train.gradient_checkpointing is None else train.gradient_checkpointing,
+        disable_tqdm=not interactive(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         report_to="none",
@@ -143,6 +149,11 @@ def trainer_config(
         **stage_fields,
     )
     known = {f.name for f in dataclasses.fields(config_cls)}
+    # transformers >= 5.24 names it activation_checkpointing (the old name warns); 5.17 has the old one only
+    checkpointing = (
+        "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    )
+    kwargs[checkpointing] = cuda if train.gradient_checkpointing is None else train.gradient_checkpointing
     for key in train.trainer:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -155,15 +166,47 @@ def trainer_config(
         raise ConfigError(f"invalid training settings: {exc}") from None
 
 
-def callbacks(writer: ArtifactWriter) -> list[TrainerCallback]:
+def callbacks(logs: Path) -> list[TrainerCallback]:
     from torch.utils.tensorboard import SummaryWriter
 
-    writer.logs_dir.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     return [
-        MetricsLogger(writer.logs_dir / "metrics.jsonl"),
-        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(writer.logs_dir))),
+        MetricsLogger(logs / "metrics.jsonl"),
+        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs))),
         DivergenceGuard(),
     ]
+
+
+# the figures a progress line shows, from what each trainer logs
+_SHOWN = ("loss", "accuracy", "rewards/accuracies", "rewards/margins", "reward", "kl", "eval_loss")
+
+
+def _show_progress(trainer: Any, stage: str) -> None:
+    """A bar in a terminal, without the raw dict of figures transformers writes under it every log
+    step; otherwise a progress line (`align.logs.ProgressLines`) at each logging step."""
+    trainer.remove_callback(PrinterCallback)
+    if interactive():
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly())
+    else:
+        trainer.add_callback(LineProgress(stage))
+
+
+class BarOnly(ProgressCallback):
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        """The bar stays; the figures go to metrics.jsonl and TensorBoard instead."""
+
+
+class LineProgress(TrainerCallback):
+    def __init__(self, stage: str):
+        self.stage, self.lines = stage, None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.lines = ProgressLines(self.stage, state.max_steps, args.logging_steps, state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
+        if state.is_world_process_zero and self.lines is not None and logs:
+            self.lines.update(state.global_step, {k: logs[k] for k in _SHOWN if k in logs})
 
 
 def last_complete_checkpoint(root: Path) -> str | None:

@@ -55,7 +55,11 @@ def server(*args: str) -> Iterator[str]:
             except OSError:
                 assert process.poll() is None, process.stdout.read()
                 time.sleep(0.5)
-        yield url
+        if "--annotators" in args:  # the link the server printed carries the annotator's token
+            link = next(line for line in process.stdout if "?token=" in line)
+            yield url + "?" + link.split("?", 1)[1].split()[0]
+        else:
+            yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -139,3 +143,49 @@ def test_arena_votes_give_the_win_rate_on_the_page(
     assert f"Policy B win rate: {100 * (b_wins + 0.5 * ties) / 3:.1f}%" in stats
     assert f"{b_wins} B, {2 - b_wins} A, 1 ties; 3 votes" in stats
     assert str(micro_dpo) in revealed
+
+
+def test_keyboard_shortcuts_rank_undo_tie_and_skip(browser, micro_sft: Path, tmp_path: Path) -> None:
+    """1...K rank, Enter submits, u undoes, t calls a tie, s skips, as labelling tools do; through the
+    token link of an annotator named on the command line."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    rankings = tmp_path / "rankings.jsonl"
+    label = [
+        "label",
+        "--model",
+        micro_sft,
+        "--data",
+        PROMPTS,
+        "--limit",
+        "3",
+        "--k",
+        "3",
+        "--annotators",
+        "ada",
+    ]
+    with server(*label, "--output", rankings, "--max-new-tokens", "12") as url:
+        browser.get(url)
+        wait_for_text(browser, "progress", "0 / 3")
+
+        def keys(*pressed: str) -> None:
+            for key in pressed:
+                ActionChains(browser).send_keys(key).perform()
+
+        from selenium.webdriver.common.keys import Keys
+
+        keys("2", "3", "u", "1", "3")
+        assert "#2" in browser.find_element("id", "response-0").text
+        keys(Keys.ENTER)
+        wait_for_text(browser, "progress", "1 / 3")
+        keys("t")
+        wait_for_text(browser, "progress", "2 / 3")
+        keys("s")
+        wait_for_text(browser, "prompt", "All done")
+    rows = [json.loads(line) for line in rankings.read_text().splitlines()]
+    assert [(r["judgement"], r.get("ranking")) for r in rows] == [
+        ("ranking", [1, 0, 2]),
+        ("tie", None),
+        ("skip", None),
+    ]
+    assert {r["annotator"] for r in rows} == {"ada"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from align.artifacts import ArtifactWriter
-from tests.conftest import invoke, sets, synthetic_sft_rows, write_jsonl
+from tests.conftest import error_line, invoke, sets, synthetic_sft_rows, write_jsonl
 
 GOOD_ROW = '{"prompt": "Add 1 and 2.", "completion": "3"}\n'
 
@@ -81,9 +81,7 @@ def test_bad_input_exits_2_with_one_line(runner, micro_base: Path, tmp_path: Pat
     ]
     result = invoke(runner, *args)
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert expected in lines[0]
+    assert expected in error_line(result.stderr)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
@@ -275,9 +273,8 @@ def test_bad_input_in_every_stage(
         argv += ["--output", str(tmp_path / "out")]
     result = invoke(runner, *argv)
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert expected in lines[0], lines[0]
+    line = error_line(result.stderr)
+    assert expected in line, line
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
@@ -319,6 +316,6 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_artifact(
     result = invoke(runner, *common, "--lr", "1e-3", *sets("train.save_steps=0"))
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: No space left on device writing"), lines
+    assert error_line("\n".join(lines)).startswith("error: No space left on device writing"), lines
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
     assert not (tmp_path / "out.partial").exists()

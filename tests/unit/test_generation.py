@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from align.decoding.generate import Decoding, generate_ids, sample_texts
-from align.text.chat import prompt_text
 from align.models import load_policy, load_tokenizer, resolve_model
+from align.text.chat import prompt_text
 from tests.conftest import invoke
 
 PROMPTS = [

@@ -11,7 +11,7 @@ import torch
 
 from align.artifacts import load_artifact
 from align.models import disable_dropout
-from tests.conftest import REPO, invoke, logged_steps, sets
+from tests.conftest import REPO, error_line, invoke, logged_steps, sets
 
 PROMPTS = REPO / "data/synthetic/ppo.jsonl"
 MICRO_PPO = sets(
@@ -124,8 +124,8 @@ def test_guard_stops_a_rollout_update_mismatch(
     reward = ("--reward", "align.data.synthetic:gold_reward", "--max-steps", "2")
     result = ppo(runner, micro_hub_sft, tmp_path / "ppo", *reward)
     assert result.exit_code == 2, result.output
-    message = result.stderr.strip()
-    assert len(message.splitlines()) == 1 and "before any update" in message
+    message = error_line(result.stderr)
+    assert "before any update" in message
     for cause in ("dropout", "position ids", "temperature", "padding", "reference"):
         assert cause in message
     assert not (tmp_path / "ppo").exists()

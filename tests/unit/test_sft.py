@@ -174,7 +174,7 @@ def test_gradient_checkpointing_is_off_on_cpu(tmp_path: Path) -> None:
     from align.config import TrainSettings
 
     with ArtifactWriter(tmp_path / "x", "sft", {}) as writer:
-        args = trainer_config(TRLSFTConfig, TrainSettings(), writer, has_eval=False)
+        args = trainer_config(TRLSFTConfig, TrainSettings(), writer.checkpoints_dir, has_eval=False)
     assert args.gradient_checkpointing is torch.cuda.is_available()
 
 

@@ -16,16 +16,18 @@ import torch
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import PPOConfig, to_dict
 from align.data import Dataset, load_data
+from align.data.splits import hold_out
 from align.decoding.packing import check_packing
 from align.decoding.static_gpt2 import supports
 from align.distributed import make_accelerator
 from align.errors import ConfigError, DataError
 from align.models import load_tokenizer, resolve_model, save_policy
-from align.rewards import load_judge, load_reward_function
+from align.rewards import RewardModel, judge_of, load_reward_function
 from align.stages.ppo import networks as ppo_networks
 from align.stages.ppo.checkpoint import full_weights
 from align.stages.ppo.loop import PPOData, PPOLoop
 from align.stages.ppo.networks import trainable
+from align.stages.ppo.validation import Validation
 from align.text.chat import prompt_text
 from align.text.encoding import tokenize_sft
 
@@ -36,7 +38,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     accelerator = make_accelerator()
     sharded = accelerator.distributed_type.name == "FSDP"
     torch.manual_seed(config.train.seed)
-    judge = load_judge(config.reward_model, config.reward, accelerator.device)[1]
+    judge = judge_of(config, accelerator.device)[1]
     networks = ppo_networks.build(config, source, tokenizer, judge, accelerator.device, sharded)
     context = _context_length(networks.policy.config)
     prompts, prompt_data = _prompt_texts(config, tokenizer, context)
@@ -49,7 +51,8 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
             "under FSDP the lean rollout engine decodes GPT-2 models only; set ppo.rollout_engine=generate"
         )
     with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
-        data = PPOData(prompts, ptx_rows, _validation(config.validation_reward))
+        prompts, validation = _validation(config, prompts, accelerator.device)
+        data = PPOData(prompts, ptx_rows, validation)
         loop = PPOLoop(config.ppo, config.train, networks, data, tokenizer, writer, accelerator)
         summary = loop.train(resume)
         summary.update(
@@ -71,12 +74,26 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         return writer.commit()
 
 
-def _validation(spec: str | None) -> tuple[str, Any] | None:
-    """A score-only judge of each step's rollouts, logged under its function's name without `_reward`
-    (`align.data.synthetic:gold_reward` logs `gold`); PPO never optimises it."""
-    if spec is None:
-        return None
-    return spec.partition(":")[2].removesuffix("_reward") or "validation", load_reward_function(spec)
+def _validation(config: PPOConfig, prompts: list[str], device: Any) -> tuple[list[str], Validation | None]:
+    """The validation judge PPO never optimises, and the training prompts left once its fixed validation
+    prompts are split off (only with `ppo.validation_every`). A function is logged under its name without
+    `_reward` (`align.data.synthetic:gold_reward` logs `gold`), an RM as `validation_rm`."""
+    if config.validation_reward is not None:
+        name = config.validation_reward.partition(":")[2].removesuffix("_reward") or "validation"
+        judge = load_reward_function(config.validation_reward)
+    elif config.validation_reward_model is not None:
+        name, judge = "validation_rm", RewardModel.load(config.validation_reward_model, device)
+    else:
+        return prompts, None
+    held: list[str] = []
+    if config.ppo.validation_every:
+        count = (config.ppo.validation_prompts + 0.5) / len(prompts)  # exactly that many
+        prompts, held = hold_out(prompts, count, config.train.seed)
+    if len(prompts) < config.ppo.rollouts:
+        raise DataError(
+            f"{len(prompts)} training prompts left after the validation split, fewer than ppo.rollouts"
+        )
+    return prompts, Validation(name, judge, held)
 
 
 def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], Dataset]:
@@ -88,6 +105,7 @@ def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list
         i for i, t in enumerate(texts) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room
     }
     data.drop(too_long, f"prompt longer than context - max_new_tokens = {room} tokens")
+    data.announce()
     texts = [t for i, t in enumerate(texts) if i not in too_long]
     if len(texts) < config.ppo.rollouts:
         raise DataError(

@@ -5,7 +5,8 @@
       optimizers.pt                            both AdamW states, whole, keyed by parameter name
       state.pt                                 the loop's generator, prompt and PPO-ptx orders
       rng-<rank>.pt                            each process's torch random state (`generate` draws from it)
-      progress.json                            step, KL controller, logged history
+      progress.json                            step, KL controller, logged history, validation curve
+    <output>.partial/checkpoints/best/policy.safetensors   the best validation step's policy (keep-best)
 
 Gathering is a collective, so every process takes part; only the main process writes, then all wait.
 A checkpoint is written as `.step-N.tmp` and renamed when complete; the last `train.save_total_limit`
@@ -63,7 +64,9 @@ def save(loop: PPOLoop) -> None:
             },
             tmp / "state.pt",
         )
-        progress = {"step": loop.step, "kl": loop.kl.state_dict(), "history": loop.history}
+        progress = {"step": loop.step, "kl": loop.kl.state_dict(), "history": loop.logbook.history}
+        if loop.data.validation is not None:
+            progress["validation"] = loop.data.validation.state_dict()
         (tmp / "progress.json").write_text(json.dumps(progress))
         tmp.rename(final)
         for old in checkpoints(root)[: -loop.train_settings.save_total_limit]:
@@ -90,12 +93,28 @@ def load(loop: PPOLoop) -> None:
     loop.generator.set_state(state["generator"])
     loop.order, loop.ptx_order = state["order"].tolist(), state["ptx_order"].tolist()
     progress = json.loads((latest / "progress.json").read_text())
-    loop.step, loop.history = progress["step"], progress["history"]
+    loop.step, loop.logbook.history = progress["step"], progress["history"]
     loop.kl.load_state_dict(progress["kl"])
-    log = loop.writer.logs_dir / "metrics.jsonl"
-    if log.exists() and processes.is_main:  # steps logged after this checkpoint are about to be run again
-        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= loop.step]
-        log.write_text("".join(line + "\n" for line in kept))
+    if "validation" in progress:
+        loop.data.validation.load_state_dict(progress["validation"])
+    loop.logbook.truncate(loop.step)  # steps logged after this checkpoint are about to be run again
+
+
+def save_best(loop: PPOLoop) -> None:
+    """The policy's trainable weights at the best validation step, apart from the rolling checkpoints."""
+    weights = full_weights(loop.policy)  # a collective: every process takes part
+    if loop.processes.is_main:
+        best = loop.writer.checkpoints_dir / "best"
+        best.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.clone() for k, v in weights.items()}, str(best / ".policy.tmp"))
+        (best / ".policy.tmp").replace(best / "policy.safetensors")
+    loop.processes.wait()
+
+
+def restore_best(loop: PPOLoop) -> None:
+    """Put the best step's weights back into the policy (the artifact then holds them)."""
+    weights = load_file(str(loop.writer.checkpoints_dir / "best" / "policy.safetensors"))
+    set_model_state_dict(loop.policy, weights, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def checkpoints(root: Path) -> list[Path]:

@@ -13,8 +13,6 @@ FSDP average gradients), so N processes take the step one process with the whole
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,18 +26,21 @@ from align.decoding.engines import GenerateEngine, LeanEngine, rollout_uniforms
 from align.decoding.logprobs import response_logprobs
 from align.decoding.packing import batch_layout
 from align.distributed import Processes
-from align.errors import AlignError
-from align.rewards import RewardFn
+from align.errors import AlignError, TrainingDiverged
+from align.logs import ProgressLines, interactive
 from align.stages.ppo import checkpoint, core
+from align.stages.ppo.logbook import Logbook, step_stats
+from align.stages.ppo.monitors import Monitors
 from align.stages.ppo.networks import Networks, trainable
 from align.stages.ppo.rollout import Rollout, Trajectory, gather_trajectory
-from align.training import TrainingDiverged
+from align.stages.ppo.validation import VALIDATION_STEP, Validation
 
 # Before any update, the rollout's and the update's log-probs of the same tokens must agree. The limits
 # per parameter precision: fp32 networks agree to float rounding (~1e-6 in a log-prob); bf16/fp16 round
 # logits to 8/11 mantissa bits, ~0.05 in a log-prob, so their limits are looser.
 RATIO_LIMITS = {torch.float32: (1e-4, 1e-2), torch.bfloat16: (1e-2, 0.5), torch.float16: (1e-2, 0.5)}
 _LOSS_KEYS = ("policy_loss", "value_loss", "approxkl", "clipfrac", "value_clipfrac", "ratio")
+_SHOWN = ("score", "kl", "entropy", "response_length", "gold")  # on a progress line
 
 
 class RatioMismatch(AlignError):
@@ -52,7 +53,7 @@ class PPOData:
 
     prompts: list[str]
     ptx_rows: list[dict[str, list[int]]]
-    validation: tuple[str, RewardFn] | None  # (metric name, judge scoring each step's rollouts)
+    validation: Validation | None
 
 
 class PPOLoop:
@@ -107,31 +108,67 @@ class PPOLoop:
         self.order: list[int] = []
         self.ptx_order: list[int] = []
         self.step = 0
-        self.history: list[dict[str, float]] = []
+        self.stopped: str | None = None  # why the run ended early, if it did
         self.ratio_limits = RATIO_LIMITS[next(self.policy.parameters()).dtype]
+        validation = data.validation.name if data.validation else None
+        monitors = Monitors(validation, s.target_kl, self.ratio_limits)
+        self.logbook = Logbook(writer.logs_dir, processes.is_main, train.logging_steps, monitors, validation)
 
     def train(self, resume: bool) -> dict[str, Any]:
+        """Run the iterations; with a validation set, evaluate it at step 0 and every
+        `ppo.validation_every` steps, stop early and keep the best step as asked."""
+        from rich.progress import Progress
+
         if resume:
             checkpoint.load(self)
-        from rich.progress import Progress
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer.logs_dir.mkdir(parents=True, exist_ok=True)
-        board = SummaryWriter(log_dir=str(self.writer.logs_dir)) if self.processes.is_main else None
-        with Progress(transient=True, disable=not self.processes.is_main) as progress:
-            task = progress.add_task("ppo", total=self.train_settings.max_steps, completed=self.step)
-            while self.step < self.train_settings.max_steps:
-                stats = self.iteration()
+        s, validation, total = self.settings, self.data.validation, self.train_settings.max_steps
+        main = self.processes.is_main
+        lines = ProgressLines("ppo", total, max(self.train_settings.logging_steps, total // 20), self.step)
+        with self.logbook, Progress(transient=True, disable=not (main and interactive())) as progress:
+            task = progress.add_task("ppo", total=total, completed=self.step)
+            if validation is not None and validation.prompts and not validation.curve:
+                self._validate()  # step 0: the SFT policy is a candidate too
+            while self.step < total and self.stopped is None:
+                try:
+                    stats = self.iteration()
+                except TrainingDiverged as exc:
+                    if not s.keep_best:
+                        raise
+                    self.stopped = str(exc).split(";")[0]
+                    break
                 self.step += 1
-                self._log(stats, board)
+                self.logbook.record(self.step, stats)
                 progress.update(
                     task, advance=1, description=f"ppo score {stats['score']:.3f} kl {stats['kl']:.2f}"
                 )
+                if main and not interactive():
+                    lines.update(self.step, {k: stats[k] for k in _SHOWN if k in stats})
+                if s.validation_every and self.step % s.validation_every == 0 and validation.prompts:
+                    self._validate()
                 if self.train_settings.save_steps and self.step % self.train_settings.save_steps == 0:
                     checkpoint.save(self)
-        if board is not None:
-            board.close()
-        return self._summary()
+        if s.keep_best and validation is not None and validation.best_step is not None:
+            checkpoint.restore_best(self)
+        summary = self.logbook.summary(self.processes.size)
+        if validation is not None:
+            summary.update(validation.summary())
+        return {**summary, "stopped": self.stopped} if self.stopped else summary
+
+    def _validate(self) -> None:
+        """Score the policy's answers to the validation prompts; keep its weights when they are the best,
+        and stop the run when they have not improved for `ppo.early_stop_patience` evaluations."""
+        validation, s = self.data.validation, self.settings
+        self.policy.eval()
+        prompts = self.processes.mine(validation.prompts)
+        uniforms = rollout_uniforms(
+            self.train_settings.seed, VALIDATION_STEP, len(validation.prompts), s.max_new_tokens
+        )
+        responses = self.rollout.respond(prompts, self.processes.mine(uniforms))
+        scores = self.processes.gather_objects(validation.judge(prompts, responses))
+        if validation.record(self.step, scores) and s.keep_best:
+            checkpoint.save_best(self)
+        if validation.exhausted(s.early_stop_patience):
+            self.stopped = f"{validation.name} has not improved for {s.early_stop_patience} evaluations"
 
     def iteration(self) -> dict[str, Any]:
         s = self.settings
@@ -163,7 +200,22 @@ class PPOLoop:
             )
         beta = self.kl.value
         self.kl.update(sequence_kl, s.rollouts)
-        return self._stats(trajectory, kl, returns, update, beta, rollout_seconds, update_seconds)
+        stats = step_stats(trajectory, kl, returns, beta)
+        lengths = trajectory.mask.sum().item()
+        stats.update(seconds_rollout=rollout_seconds, seconds_update=update_seconds, **update)
+        stats["tokens_per_second"] = lengths / max(rollout_seconds + update_seconds, 1e-9)
+        scorer = self.networks.scorer
+        if scorer is not None and len(scorer.members) > 1:
+            stats["ensemble_disagreement"] = statistics.fmean(scorer.spread)
+        validation = self.data.validation
+        if validation is not None:
+            stats[validation.name] = statistics.fmean(
+                validation.judge(trajectory.prompt_texts, trajectory.response_texts)
+            )
+        if s.sample_every and (self.step + 1) % s.sample_every == 0:
+            pairs = zip(trajectory.prompt_texts[:3], trajectory.response_texts[:3], strict=True)
+            stats["samples"] = [{"prompt": p[-80:], "response": r} for p, r in pairs]
+        return stats
 
     def update(
         self, trajectory: Trajectory, advantages: torch.Tensor, returns: torch.Tensor
@@ -312,78 +364,3 @@ class PPOLoop:
             self.order += torch.randperm(len(prompts), generator=self.generator).tolist()
         batch, self.order = self.order[:wanted], self.order[wanted:]
         return [prompts[i] for i in self.processes.mine(batch)]
-
-    def _stats(
-        self,
-        t: Trajectory,
-        kl: torch.Tensor,
-        returns: torch.Tensor,
-        update: dict[str, float],
-        beta: float,
-        rollout_seconds: float,
-        update_seconds: float,
-    ) -> dict[str, Any]:
-        sequence_kl = kl.sum(1)
-        lengths = t.mask.sum(1)
-        stats: dict[str, Any] = {
-            "score": t.raw_scores.mean().item(),
-            "kl": sequence_kl.mean().item(),
-            "rlhf_reward": (t.scores - beta * sequence_kl).mean().item(),
-            "beta": beta,
-            "entropy": core.masked_mean(t.entropy, t.mask).item(),
-            "explained_variance": core.explained_variance(t.values, returns, t.mask),
-            "response_length": lengths.mean().item(),
-            "eos_rate": t.ended.float().mean().item(),
-            "seconds_rollout": rollout_seconds,
-            **{f"seconds_{part}": seconds for part, seconds in t.seconds.items()},
-            "seconds_update": update_seconds,
-            "tokens_per_second": lengths.sum().item() / max(rollout_seconds + update_seconds, 1e-9),
-            **update,
-        }
-        if self.data.validation is not None:
-            name, judge = self.data.validation
-            stats[name] = statistics.fmean(judge(t.prompt_texts, t.response_texts))
-        if self.settings.sample_every and (self.step + 1) % self.settings.sample_every == 0:
-            stats["samples"] = [
-                {"prompt": p[-80:], "response": r}
-                for p, r in zip(t.prompt_texts[:3], t.response_texts[:3], strict=True)
-            ]
-        return stats
-
-    def _log(self, stats: dict[str, Any], board: Any) -> None:
-        record = {"step": self.step, **stats}
-        self.history.append({k: v for k, v in record.items() if isinstance(v, (int, float))})
-        if board is None:
-            return
-        with open(self.writer.logs_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.step % self.train_settings.logging_steps == 0:
-            for key, value in stats.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    board.add_scalar(f"ppo/{key}", value, self.step)
-
-    def _summary(self) -> dict[str, Any]:
-        if not self.history:
-            return {"steps": self.step}
-        window = self.history[-10:]
-        summary = {"steps": self.step, "first_score": self.history[0]["score"]}
-        validation = [self.data.validation[0]] if self.data.validation else []
-        for key in (
-            "score",
-            "kl",
-            "rlhf_reward",
-            "entropy",
-            "eos_rate",
-            *validation,
-            "beta",
-            "approxkl",
-            "clipfrac",
-        ):
-            if key in window[0]:
-                summary[f"final_{key}"] = statistics.fmean(r[key] for r in window)
-        for key in validation:
-            summary[f"first_{key}"] = self.history[0][key]
-        summary["processes"] = self.processes.size
-        summary["seconds_rollout"] = sum(r["seconds_rollout"] for r in self.history)
-        summary["seconds_update"] = sum(r["seconds_update"] for r in self.history)
-        return summary

@@ -54,6 +54,7 @@ class Networks:
     reward: RewardFn  # what PPO optimises
     layout: str  # the critic layout `critic: auto` resolved to
     reward_artifact: Artifact | None  # the RM, for the lineage
+    scorer: RewardModel | None  # the RM itself (its ensemble members' disagreement is logged)
     score_statistics: tuple[float, float] | None  # the RM's stored (mean, std) of training scores
     dropout_disabled: dict[str, int]  # per network, the dropout layers that were on
 
@@ -79,7 +80,7 @@ def build(
     statistics = None
     if artifact is not None and config.ppo.normalize_scores and "reward_std" in artifact.metrics:
         statistics = (artifact.metrics["reward_mean"], max(artifact.metrics["reward_std"], 1e-6))
-    return Networks(policy, reference, critic, reward, layout, artifact, statistics, dropout)
+    return Networks(policy, reference, critic, reward, layout, artifact, scorer, statistics, dropout)
 
 
 def _policy(

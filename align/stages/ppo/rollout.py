@@ -59,6 +59,16 @@ class Rollout:
     packing: bool
 
     @torch.no_grad()
+    def respond(self, prompt_texts: list[str], uniforms: torch.Tensor) -> list[str]:
+        """The policy's sampled answers as text, nothing scored (the validation set's)."""
+        device = next(self.critic.parameters()).device
+        queries = encode_left_padded(self.tokenizer, prompt_texts, device)
+        raw = self.engine.sample(
+            self.policy, queries["input_ids"], queries["attention_mask"], uniforms.to(device)
+        )
+        return [decode_response(self.tokenizer, row) for row in raw.tolist()]
+
+    @torch.no_grad()
     def collect(self, prompt_texts: list[str], uniforms: torch.Tensor) -> Trajectory:
         tokenizer, clock = self.tokenizer, _Clock()
         device = next(self.critic.parameters()).device

@@ -55,7 +55,9 @@ results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
 	$(BIN)/python bench/study_capability.py --runs $(RUNS) --out results/capability.json
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
+	$(BIN)/python bench/study_guards.py --runs $(RUNS) --out results/guards.json
 	$(BIN)/python bench/gpt2_chain.py --size gpt2 --out results/gpt2_chain.json
+	$(BIN)/python bench/quantize_int8.py --runs $(RUNS) --out results/quantize_int8.json
 
 # Speed and memory against plain transformers in the same run, one JSON line each (also kept in results/).
 BENCH := set -o pipefail; $(BIN)/python

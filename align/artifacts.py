@@ -175,6 +175,11 @@ class ArtifactWriter:
         return self.work_dir / "logs"
 
     @property
+    def run_name(self) -> str:
+        """What experiment trackers call this run: `<run directory>/<artifact>`, e.g. `tiny/ppo`."""
+        return f"{self.output.resolve().parent.name}/{self.output.name}"
+
+    @property
     def model_dir(self) -> Path:
         return self.work_dir / "model"
 

@@ -53,6 +53,11 @@ OPTIONS: dict[str, Any] = {
     "epochs": _option(float | None, help="Passes over the data."),
     "batch_size": _option(int | None, help="Per-device batch size."),
     "seed": _option(int | None, help="Random seed."),
+    "report_to": _option(
+        list[str] | None,
+        "--report-to",
+        help="Experiment trackers: tensorboard (default), trackio, wandb, mlflow, ... (repeat or comma-separate; none: off).",
+    ),
     "lora": _option(bool | None, "--lora/--full", help="LoRA adapters (default) or full fine-tuning."),
     "lora_r": _option(int | None, help="LoRA rank."),
     "eval_data": _option(str | None, help="Held-out data; default: eval_fraction of --data."),
@@ -205,6 +210,9 @@ def pipeline(
     run_dir: _option(
         PathOption, "--run", help="Directory of the artifacts (default: the recipe's `run`)."
     ) = None,
+    sets: _option(
+        list[str] | None, "--set", help="Override a stage's field: STAGE.section.field=value."
+    ) = None,
     dry_run: DryRun = False,
 ) -> None:
     """Run the recipe's stages in order, skipping those whose config, inputs and data are unchanged."""
@@ -212,7 +220,7 @@ def pipeline(
 
     quiet_libraries()
     report = lambda line: typer.echo(line, err=True)  # noqa: E731
-    for result in run(recipe, start, only, report=report, root=run_dir, dry_run=dry_run):
+    for result in run(recipe, start, only, report=report, root=run_dir, dry_run=dry_run, sets=sets):
         typer.echo(f"{result.stage}\t{result.path}\t{'skipped' if result.skipped else 'ran'}")
 
 
@@ -288,15 +296,19 @@ def export(
     model: _option(str, help="Policy artifact (LoRA adapters are merged)."),
     output: _option(Path, "--output", "-o", help="Export artifact directory."),
     push_to_hub: _option(
-        str | None, help="Also upload model/ to this hub repo (needs network and a token)."
+        str | None, help="Also upload the directory to this hub repo (needs network and a token)."
+    ) = None,
+    quantize: _option(
+        str | None, help="int8: int8 block weights for inference (optimum-quanto; align loads it)."
     ) = None,
 ) -> None:
     """Write a plain transformers model (merged, safetensors, model card with lineage and metrics)."""
     from align.export import run
 
     quiet_libraries()
-    artifact = run(model, output, push_to_hub)
-    typer.echo(f"{artifact.model_dir}  (AutoModelForCausalLM.from_pretrained loads it)")
+    artifact = run(model, output, push_to_hub, quantize)
+    loader = "align.models.load_int8" if quantize else "AutoModelForCausalLM.from_pretrained"
+    typer.echo(f"{artifact.model_dir}  ({loader} loads it)")
 
 
 @app.command()

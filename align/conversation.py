@@ -50,7 +50,7 @@ class Conversation:
             raise ConfigError("--history-turns must be >= 0")
         source = resolve_model(model)
         device = pick_device()
-        policy = load_policy(source, trust_remote_code).to(device)
+        policy = load_policy(source, trust_remote_code, inference=True).to(device)
         safety = RewardModel.load(safety_model, device=device) if safety_model else None
         tokenizer = load_tokenizer(source, trust_remote_code)
         return cls(policy, tokenizer, decoding or Decoding(), history_turns, system, safety, safety_threshold)

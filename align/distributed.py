@@ -50,14 +50,15 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def make_accelerator() -> Any:
-    """An `Accelerator` for a loop of our own. accelerate shards with FSDP only on accelerators; on CPU
-    processes (gloo), which torch's FSDP2 runs as well, a launch config that asks for FSDP2 is honoured
-    here by switching accelerate's state to it, so the same code path is tested without a GPU."""
+def make_accelerator(trackers: list[str] | None = None) -> Any:
+    """An `Accelerator` for a loop of our own, logging to `trackers` (accelerate's names). accelerate
+    shards with FSDP only on accelerators; on CPU processes (gloo), which torch's FSDP2 runs as well, a
+    launch config that asks for FSDP2 is honoured here by switching accelerate's state to it, so the same
+    code path is tested without a GPU."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    accelerator = Accelerator(cpu=not on_accelerator())
+    accelerator = Accelerator(cpu=not on_accelerator(), log_with=trackers or None)
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
         plugin = FullyShardedDataParallelPlugin()  # filled from the launch config's FSDP_* variables

@@ -74,7 +74,7 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source)
     device = pick_device()
-    model = load_policy(source).to(device)
+    model = load_policy(source, inference=True).to(device)
     rows = load_data(config.prompts, "prompts", config.limit).rows
     prompts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     synthetic = all(family_of(p) != "unknown" for p in prompts)
@@ -97,7 +97,7 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
         if references is not None:
             results.update(overlap_summary(name, responses, references, tokenizer.eos_token))
         if reference is not None and name == "sampled":
-            reference_model = load_policy(reference).to(device)
+            reference_model = load_policy(reference, inference=True).to(device)
             kls = sequence_kl(
                 model, reference_model, tokenizer, prompts, ids, config.temperature, config.batch_size
             )

@@ -7,14 +7,21 @@ The output directory is a plain Hugging Face model directory: `AutoModelForCausa
 and no align, in safetensors. Beside the weights, README.md is the model card (every artifact it came
 from, the reward model included: stage, data and content hashes, and the measured metrics) and
 manifest.json keeps the lineage, so the directory is an `export` artifact as well.
+
+`--quantize int8` writes int8 block weights instead (`align/quantization.py`), for inference: every
+align command that runs a policy (eval, generate, chat, pairs, label, arena) loads it, and so does
+`align.models.load_int8(DIR)`; the manifest records both sizes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from align.artifacts import Artifact, ArtifactWriter, ancestors, lineage
+from align.errors import ConfigError
 from align.models import ModelSource, load_policy, load_tokenizer, record_base, resolve_model
+from align.quantization import WEIGHTS_FILE, quantize_int8, save_int8
 
 _HEADLINE = (
     "gold_sampled",
@@ -28,24 +35,69 @@ _HEADLINE = (
 )
 
 
-def run(model: str, output: str | Path, push_to_hub: str | None = None) -> Artifact:
+def run(
+    model: str, output: str | Path, push_to_hub: str | None = None, quantize: str | None = None
+) -> Artifact:
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize {quantize}: only int8 is supported")
     source = resolve_model(model)
     tokenizer = load_tokenizer(source)
-    policy = load_policy(source)  # LoRA adapters of the whole lineage merged in
-    with ArtifactWriter(Path(output), "export", {"model": model, "push_to_hub": push_to_hub}) as writer:
-        policy.save_pretrained(str(writer.work_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(writer.work_dir))
-        (writer.work_dir / "README.md").write_text(model_card(source))
-        writer.extra.update(model_format="full", model_dir=".")
-        record_base(writer, source)
+    policy = load_policy(source).eval()  # LoRA adapters of the whole lineage merged in
+    config = {"model": model, "push_to_hub": push_to_hub, "quantize": quantize}
+    with ArtifactWriter(Path(output), "export", config) as writer:
         writer.metrics["parameters"] = sum(p.numel() for p in policy.parameters())
+        fp32_bytes = sum(t.numel() * t.element_size() for t in _saved_tensors(policy))
+        if quantize:
+            save_int8(quantize_int8(policy), writer.work_dir)
+            writer.metrics.update(
+                fp32_weights_bytes=fp32_bytes, weights_bytes=(writer.work_dir / WEIGHTS_FILE).stat().st_size
+            )
+        else:
+            policy.save_pretrained(str(writer.work_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(writer.work_dir))
+        (writer.work_dir / "README.md").write_text(model_card(source, quantize))
+        writer.extra.update(model_format=quantize or "full", model_dir=".")
+        record_base(writer, source)
         artifact = writer.commit()
     if push_to_hub:
         _push(artifact, push_to_hub)
     return artifact
 
 
-def model_card(source: ModelSource) -> str:
+def _saved_tensors(model: Any) -> list[Any]:
+    """The tensors a full-precision save writes: one copy of each (tied weights are stored once)."""
+    seen: dict[int, Any] = {}
+    for tensor in model.state_dict().values():
+        seen.setdefault(tensor.data_ptr(), tensor)
+    return list(seen.values())
+
+
+def _usage(quantize: str | None) -> list[str]:
+    if quantize:
+        return [
+            "INT8 block weights (optimum-quanto qint8, one scale per output row; embeddings fp32), for "
+            "inference. `align generate/eval/chat --model PATH` run it; in Python:",
+            "",
+            "```python",
+            "from align.models import load_int8",
+            "from transformers import AutoTokenizer",
+            'model = load_int8("PATH")',
+            'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+            "```",
+        ]
+    return [
+        "A causal language model exported by `align export` (LoRA adapters merged; plain transformers).",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        'prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)',
+        "```",
+    ]
+
+
+def model_card(source: ModelSource, quantize: str | None = None) -> str:
     lines = [
         "---",
         "library_name: transformers",
@@ -55,14 +107,7 @@ def model_card(source: ModelSource) -> str:
         "",
         f"# {Path(source.name).name}",
         "",
-        "A causal language model exported by `align export` (LoRA adapters merged; plain transformers).",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'model = AutoModelForCausalLM.from_pretrained("PATH")',
-        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
-        'prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)',
-        "```",
+        *_usage(quantize),
         "",
     ]
     if source.artifact is None:

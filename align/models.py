@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from align.artifacts import Artifact, ArtifactWriter, is_artifact, load_artifact
 from align.config import LoraSettings
 from align.errors import ArtifactError, ConfigError
+from align.quantization import load_int8
 from align.registry import POLICY_STAGES
 from align.text.chat import ensure_chat_template
 
@@ -68,12 +69,23 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
 
 
 def load_policy(
-    source: ModelSource, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
+    source: ModelSource,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    inference: bool = False,
 ) -> PreTrainedModel:
-    """The causal LM named by `source`, with any LoRA adapters of its lineage merged in."""
+    """The causal LM named by `source`, with any LoRA adapters of its lineage merged in. An int8 export
+    is accepted for `inference` only."""
     if source.artifact is None:
         return _from_pretrained(source.name, trust_remote_code, dtype)
     artifact = source.artifact
+    if artifact.manifest.get("model_format") == "int8":
+        if not inference:
+            raise ArtifactError(
+                f"{source.name}: an int8 export is for inference (eval, generate, chat, pairs, label, "
+                "arena); train from the artifact it was exported from"
+            )
+        return load_int8(artifact.model_dir)
     if artifact.manifest.get("model_format") != "lora":
         return _from_pretrained(str(artifact.model_dir), trust_remote_code, dtype)
     from peft import PeftModel

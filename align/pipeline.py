@@ -1,6 +1,6 @@
 """`align pipeline`: the stages of a recipe in order, each artifact feeding the next.
 
-    align pipeline --recipe recipes/tiny/pipeline.yaml [--from ppo] [--only rm]
+    align pipeline --recipe recipes/tiny/pipeline.yaml [--from ppo] [--only rm] [--set ppo.train.max_steps=50]
 
 A stage is skipped when its artifact exists with the same resolved config, the same parent artifacts
 (by content hash) and the same data (by sha256), so a rerun after a crash or an edit redoes only what
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from align.artifacts import is_artifact, load_artifact
-from align.config import load_recipe, make_config, merge, rename_keys, to_dict
+from align.config import load_recipe, make_config, merge, parse_set, rename_keys, to_dict
 from align.data.sources import open_source
 from align.errors import ConfigError
 from align.registry import STAGES
@@ -35,8 +35,10 @@ def run(
     report: Callable[[str], None] = print,
     root: str | Path | None = None,
     dry_run: bool = False,
+    sets: list[str] | None = None,
 ) -> list[StageResult]:
-    """Run the stages of `recipe` into `root` (default: the recipe's `run`); `dry_run` resolves and checks
+    """Run the stages of `recipe` into `root` (default: the recipe's `run`); `sets` are
+    `STAGE.section.field=value` overrides on top of the recipe's `set`; `dry_run` resolves and checks
     every stage's config and wiring and runs none."""
     spec = load_recipe(recipe)
     unknown = set(spec) - {"run", "stages", "set"}
@@ -51,8 +53,17 @@ def run(
         if name is not None and name not in stages:
             raise ConfigError(f"stage '{name}' is not in {recipe} (has: {', '.join(stages)})")
     ordered = [s for s in STAGES if s in stages]
+    overrides = {stage: dict(values) for stage, values in (spec.get("set") or {}).items()}
+    for item in sets or []:
+        key, value = parse_set(item)
+        stage, _, field = key.partition(".")
+        if stage not in stages or not field:
+            raise ConfigError(
+                f"--set {item}: expected STAGE.section.field=value, STAGE one of {', '.join(stages)}"
+            )
+        overrides.setdefault(stage, {})[field] = value
     configs_by_stage = {
-        stage: _stage_config(stage, stages[stage], spec.get("set", {}).get(stage, {}), root, stages)
+        stage: _stage_config(stage, stages[stage], overrides.get(stage, {}), root, stages)
         for stage in ordered
     }
     results, forced = [], False

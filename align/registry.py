@@ -23,6 +23,7 @@ _TRAIN = {
     "batch_size": "train.batch_size",
     "seed": "train.seed",
     "lora": "lora.enabled",
+    "report_to": "train.report_to",
 }
 _DATA = {**_COMMON, **_TRAIN, "data": "data", "eval_data": "eval_data", "max_length": "max_length"}
 _JUDGED = {"reward_model": "reward_model", "reward": "reward", "prompts": "prompts"}

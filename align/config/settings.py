@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Settings(BaseModel):
@@ -28,6 +29,19 @@ class LoraSettings(Settings):
     load_in_4bit: bool = False  # QLoRA: needs bitsandbytes and a CUDA device
 
 
+# experiment trackers both transformers' Trainer and accelerate log to -> the package each needs
+TRACKERS = {
+    "tensorboard": "tensorboard",
+    "trackio": "trackio",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+}
+
+
 class TrainSettings(Settings):
     """Optimisation settings of every trained stage; `trainer` passes any other TRL config field."""
 
@@ -47,7 +61,24 @@ class TrainSettings(Settings):
     eval_steps: int = 0  # 0: evaluate once at the end
     gradient_checkpointing: bool | None = None  # None: on with CUDA only (it costs time at small sizes)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
+    report_to: list[str] = ["tensorboard"]  # experiment trackers (TRL's and accelerate's); [] or none: off
     trainer: dict[str, Any] = {}
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> list[str]:
+        """`tensorboard,trackio` or a list; each must be a tracker transformers and accelerate know, and
+        installed, so a run does not fail at its first logging step."""
+        names = value.split(",") if isinstance(value, str) else [n for v in value for n in str(v).split(",")]
+        names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
+        for name in names:
+            require(name in TRACKERS, f"unknown tracker '{name}' (choose from: {', '.join(TRACKERS)})")
+            package = TRACKERS[name]
+            require(
+                importlib.util.find_spec(package) is not None,
+                f"tracker '{name}' needs its package: pip install {package}",
+            )
+        return names
 
     @model_validator(mode="after")
     def _steps(self) -> TrainSettings:

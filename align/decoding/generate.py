@@ -101,7 +101,7 @@ def respond(
     )
     source = resolve_model(model)
     tokenizer = load_tokenizer(source)
-    policy = load_policy(source).to(pick_device())
+    policy = load_policy(source, inference=True).to(pick_device())
     rendered = [prompt_text(tokenizer, c) for c in conversations]
     responses = sample_texts(policy, tokenizer, rendered, decoding, batch_size, seed)
     return [

@@ -29,7 +29,7 @@ class PolicyAnswers:
         source = resolve_model(model)
         self.name, self.decoding, self.seed = model, decoding, seed
         self.tokenizer = load_tokenizer(source)
-        self.model = load_policy(source).to(pick_device())
+        self.model = load_policy(source, inference=True).to(pick_device())
 
     def render(self, prompt: list[dict[str, str]]) -> str:
         return prompt_text(self.tokenizer, prompt)

@@ -38,7 +38,7 @@ def run(config: PairsConfig, resume: bool = False) -> Artifact:
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     device = pick_device()
     judge_artifact, judge = judge_of(config, device)
-    policy = load_policy(source, config.trust_remote_code).to(device)
+    policy = load_policy(source, config.trust_remote_code, inference=True).to(device)
     with ArtifactWriter(config.output, "pairs", to_dict(config), resume) as writer:
         rows, stats = sample_pairs(
             policy, tokenizer, [r["prompt"] for r in prompts.rows], judge, config.sampling, config.seed

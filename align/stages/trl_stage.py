@@ -69,12 +69,19 @@ def fit(
     checkpoints, logs = writer.checkpoints_dir / part, writer.logs_dir / part
     trainer = trainer_cls(
         model=model,
-        args=trainer_config(config_cls, stage.train, checkpoints, bool(eval_rows), **stage_fields),
+        args=trainer_config(
+            config_cls,
+            stage.train,
+            checkpoints,
+            bool(eval_rows),
+            run_name="/".join(filter(None, (writer.run_name, part))),
+            **stage_fields,
+        ),  # fmt: skip
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=lora_config(lora, model, task_type) if lora is not None and lora.enabled else None,
-        callbacks=callbacks(logs),
+        callbacks=callbacks(logs, "tensorboard" in stage.train.report_to),
         **trainer_args,
     )
     _show_progress(trainer, writer.stage)
@@ -140,7 +147,8 @@ def trainer_config(
         disable_tqdm=not interactive(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        report_to="none",
+        # TensorBoard goes to the artifact's logs/ through our callback; the other trackers are the Trainer's
+        report_to=[name for name in train.report_to if name != "tensorboard"] or "none",
         # without a GPU, launched processes must be CPU ones to join over gloo (else each runs alone)
         use_cpu=not on_accelerator(),
         dataloader_num_workers=0,
@@ -149,6 +157,8 @@ def trainer_config(
         **stage_fields,
     )
     known = {f.name for f in dataclasses.fields(config_cls)}
+    if "project" in known:
+        kwargs["project"] = "align"  # trackio's project (older transformers lack the field)
     # transformers >= 5.24 names it activation_checkpointing (the old name warns); 5.17 has the old one only
     checkpointing = (
         "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
@@ -166,15 +176,12 @@ def trainer_config(
         raise ConfigError(f"invalid training settings: {exc}") from None
 
 
-def callbacks(logs: Path) -> list[TrainerCallback]:
+def callbacks(logs: Path, tensorboard: bool) -> list[TrainerCallback]:
     from torch.utils.tensorboard import SummaryWriter
 
     logs.mkdir(parents=True, exist_ok=True)
-    return [
-        MetricsLogger(logs / "metrics.jsonl"),
-        TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs))),
-        DivergenceGuard(),
-    ]
+    board = [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs)))] if tensorboard else []
+    return [MetricsLogger(logs / "metrics.jsonl"), *board, DivergenceGuard()]
 
 
 # the figures a progress line shows, from what each trainer logs

@@ -20,10 +20,11 @@ MICRO_PPO = sets("ppo.rollouts=8", "ppo.mini_batch_size=8", "ppo.micro_batch_siz
 PROGRESS = re.compile(r"^(sft|ppo) step \d+/\d+ \(\d+ %\) .* elapsed \d+:\d\d ETA \d+:\d\d$")
 
 
-def align(*args: object) -> subprocess.CompletedProcess:
+def align(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`align ARGS` in a subprocess whose stderr is a pipe: no terminal, as in CI or `make demo > log`."""
     command = [sys.executable, "-m", "align.cli", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=environment)
 
 
 def test_stage_logs_without_a_terminal_are_progress_lines(
@@ -186,3 +187,68 @@ def test_off_loopback_every_api_call_needs_its_token_and_the_token_names_the_ann
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["annotator"] for r in rows] == ["bob"]
     assert access_tokens("127.0.0.1", [], "tester") is None  # this machine only: no tokens
+
+
+def test_report_to_logs_every_stage_to_an_offline_tracker(micro_sft: Path, tmp_path: Path) -> None:
+    """`--report-to trackio` (a tracker that runs offline): the Trainer stages log through transformers'
+    integration, PPO through accelerate's; each run is named `<run dir>/<stage>`. Without
+    `tensorboard` in the list no TensorBoard events are written; metrics.jsonl always is."""
+    store = tmp_path / "trackio"
+    runs = tmp_path / "r"
+    env = {"TRACKIO_DIR": str(store), "HF_HUB_OFFLINE": "1"}
+    pairs = REPO / "data/synthetic/pairs.jsonl"
+    commands = {
+        "sft": ("--data", REPO / "data/synthetic/sft.jsonl", "--max-steps", "2", "--report-to", "tensorboard,trackio"),
+        "rm": ("--data", pairs, "--max-steps", "2", "--report-to", "trackio", *sets("limit=64")),
+        "ppo": ("--prompts", PROMPTS, "--reward", "align.data.synthetic:gold_reward", "--max-steps", "2",
+                "--report-to", "trackio", *MICRO_PPO),
+    }  # fmt: skip
+    for stage, args in commands.items():
+        result = align(stage, "--model", micro_sft, "--output", runs / stage, *args, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    import sqlite3
+
+    with sqlite3.connect(store / "align.db") as db:
+        logged = {}
+        for run, metrics in db.execute("select run_name, metrics from metrics"):
+            logged.setdefault(run, set()).update(json.loads(metrics))
+    assert "train/loss" in logged["r/sft"] and "train/loss" in logged["r/rm"], logged
+    assert {"ppo/score", "ppo/kl", "ppo/approxkl"} <= logged["r/ppo"], logged
+    assert list((runs / "sft/logs").glob("events.out.tfevents.*"))
+    for stage in ("rm", "ppo"):
+        assert not list((runs / stage / "logs").rglob("events.out.tfevents.*"))
+        assert (runs / stage / "logs/metrics.jsonl").stat().st_size > 0
+
+
+def test_int8_export_has_int8_block_weights_and_runs_where_a_policy_runs(
+    runner, micro_ppo: Path, tmp_path: Path
+) -> None:
+    """`align export --quantize int8`: GPT-2's Conv1D block weights stored as int8 (not left fp32), the
+    weights well under half the fp32 bytes, logits close to the fp32 policy's, and `align generate`
+    runs it; a training stage refuses it in one line."""
+    import torch
+    from safetensors import safe_open
+
+    from align.models import load_int8, load_policy, resolve_model
+    from align.quantization import WEIGHTS_FILE
+
+    out = tmp_path / "int8"
+    result = invoke(runner, "export", "--model", micro_ppo, "--output", out, "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out / WEIGHTS_FILE), "pt") as weights:
+        dtypes = {name: weights.get_slice(name).get_dtype() for name in weights.keys()}  # noqa: SIM118
+    blocks = [n for n in dtypes if n.startswith("transformer.h.") and n.endswith(".weight._data")]
+    assert len(blocks) == 4 * 4 and all(dtypes[n] == "I8" for n in blocks), dtypes  # 4 layers x 4 matrices
+    metrics = load_artifact(out).metrics
+    assert metrics["weights_bytes"] < 0.5 * metrics["fp32_weights_bytes"]
+    policy = load_policy(resolve_model(str(micro_ppo))).eval()
+    ids = torch.randint(0, policy.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        fp32, int8 = policy(ids).logits, load_int8(out)(ids).logits
+    assert (int8 - fp32).abs().max() < 0.05 * fp32.abs().max()
+    assert (int8 - fp32).abs().max() > 0  # quantized, not a copy
+    generated = invoke(runner, "generate", "--model", out, "--prompt", "How many words: owl cat")
+    assert generated.exit_code == 0, generated.output
+    refused = invoke(runner, "sft", "--model", out, "--data", REPO / "data/synthetic/sft.jsonl",
+                     "--output", tmp_path / "sft")  # fmt: skip
+    assert refused.exit_code == 2 and "an int8 export is for inference" in error_line(refused.stderr)

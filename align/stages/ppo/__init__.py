@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from align import trackers
 from align.artifacts import Artifact, ArtifactWriter
 from align.config import PPOConfig, to_dict
 from align.data import Dataset, load_data
@@ -35,7 +36,7 @@ from align.text.encoding import tokenize_sft
 def run(config: PPOConfig, resume: bool = False) -> Artifact:
     source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(trackers.external(config.train.report_to))
     sharded = accelerator.distributed_type.name == "FSDP"
     torch.manual_seed(config.train.seed)
     judge = judge_of(config, accelerator.device)[1]
@@ -53,6 +54,8 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
         prompts, validation = _validation(config, prompts, accelerator.device)
         data = PPOData(prompts, ptx_rows, validation)
+        if accelerator.log_with:
+            trackers.start(accelerator, writer.run_name, to_dict(config))
         loop = PPOLoop(config.ppo, config.train, networks, data, tokenizer, writer, accelerator)
         summary = loop.train(resume)
         summary.update(

@@ -39,10 +39,20 @@ def step_stats(t: Trajectory, kl: torch.Tensor, returns: torch.Tensor, beta: flo
 
 class Logbook:
     def __init__(
-        self, logs_dir: Path, main: bool, logging_steps: int, monitors: Monitors, validation: str | None
+        self,
+        logs_dir: Path,
+        main: bool,
+        logging_steps: int,
+        monitors: Monitors,
+        validation: str | None,
+        tensorboard: bool = True,
+        accelerator: Any = None,
     ):
         self.logs_dir, self.main, self.logging_steps = logs_dir, main, logging_steps
+        self.tensorboard = tensorboard
         self.monitors, self.validation = monitors, validation
+        # the run's experiment trackers (`train.report_to` beyond TensorBoard), started by the stage
+        self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
         self.history: list[dict[str, float]] = []
         self.board: Any = None
 
@@ -50,12 +60,14 @@ class Logbook:
         from torch.utils.tensorboard import SummaryWriter
 
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.board = SummaryWriter(log_dir=str(self.logs_dir)) if self.main else None
+        self.board = SummaryWriter(log_dir=str(self.logs_dir)) if self.main and self.tensorboard else None
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.board is not None:
             self.board.close()
+        if self.accelerator is not None:
+            self.accelerator.end_training()
 
     def record(self, step: int, stats: dict[str, Any]) -> dict[str, Any]:
         """Add the step's figures (and the monitors' flags) to the history and the logs."""
@@ -64,13 +76,20 @@ class Logbook:
         flags = self.monitors.check(self.history)
         numbers.update(flags)
         record = {"step": step, **stats, **flags}
-        if self.board is not None:
+        if self.main:
             with open(self.logs_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if step % self.logging_steps == 0:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and math.isfinite(value) and key != "step":
-                        self.board.add_scalar(f"ppo/{key}", value, step)
+        if step % self.logging_steps == 0:
+            finite = {
+                f"ppo/{key}": value
+                for key, value in record.items()
+                if isinstance(value, (int, float)) and math.isfinite(value) and key != "step"
+            }
+            if self.board is not None:
+                for key, value in finite.items():
+                    self.board.add_scalar(key, value, step)
+            if self.accelerator is not None:
+                self.accelerator.log(finite, step=step)  # the trackers log on the main process only
         return record
 
     def truncate(self, step: int) -> None:

@@ -112,7 +112,10 @@ class PPOLoop:
         self.ratio_limits = RATIO_LIMITS[next(self.policy.parameters()).dtype]
         validation = data.validation.name if data.validation else None
         monitors = Monitors(validation, s.target_kl, self.ratio_limits)
-        self.logbook = Logbook(writer.logs_dir, processes.is_main, train.logging_steps, monitors, validation)
+        self.logbook = Logbook(
+            writer.logs_dir, processes.is_main, train.logging_steps, monitors, validation,
+            "tensorboard" in train.report_to, accelerator,
+        )  # fmt: skip
 
     def train(self, resume: bool) -> dict[str, Any]:
         """Run the iterations; with a validation set, evaluate it at step 0 and every

@@ -81,11 +81,13 @@ def main() -> None:
         rows = json.loads(ALPACA.read_text())[:2000]
         texts = [" ".join(row[key] for key in ("instruction", "input", "output")) for row in rows]
         random_model_dir(args.size, runs / "base", hub_defaults=True, texts=texts)
-    seconds = {}
+    timings = runs / "seconds.json"  # each stage's wall time, kept for reruns that reuse its artifact
+    seconds = json.loads(timings.read_text()) if timings.is_file() else {}
     for stage, stage_args in stages(runs, base, args.steps).items():
         output = runs / stage
         if not (output / "manifest.json").is_file():
             seconds[stage] = align(stage, *stage_args, "--output", str(output))
+            timings.write_text(json.dumps(seconds))
     ppo = json.loads((runs / "ppo/manifest.json").read_text())
     steps = [json.loads(line) for line in (runs / "ppo/logs/metrics.jsonl").read_text().splitlines()]
     keys = ("first_ratio", "first_approxkl", "first_clipfrac", "first_max_log_ratio")

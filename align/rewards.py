@@ -51,6 +51,11 @@ class RewardModel:
             raise ConfigError(f"ensemble_objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
         self.model = model.eval()  # the first member: its trunk carries PPO's rm_lora critic
         self.tokenizer = tokenizer
+        tokenizer.truncation_side = "left"  # past the context a prompt loses its start, never the response
+        config = model.config
+        self.context = getattr(config, "n_positions", None) or getattr(
+            config, "max_position_embeddings", None
+        )
         self.artifact = artifact
         self.batch_size = batch_size
         self.members = members or [(self.model, 0.0, 1.0)]  # (model, mean, std) per member
@@ -93,6 +98,8 @@ class RewardModel:
                     padding=True,
                     add_special_tokens=False,
                     padding_side="right",
+                    truncation=self.context is not None,
+                    max_length=self.context,
                 ).to(device)
                 scores.extend(model(**batch).logits[:, 0].float().tolist())
             rows.append(

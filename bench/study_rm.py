@@ -50,15 +50,15 @@ def training_gold_accuracy(rm: Path, limit: int = 1500) -> float:
     from align.artifacts import load_artifact
     from align.config import RMConfig, make_config
     from align.data import load_data
+    from align.data.splits import by_group, hold_out
     from align.evaluation import reward_model_report
     from align.rewards import RewardModel
-    from align.stages.rm import split_by_group
     from align.text.encoding import tokenize_pairs
 
     config = make_config(RMConfig, load_artifact(rm, expect_stage="rm").manifest["config"])
     scorer = RewardModel.load(rm)
     rows = tokenize_pairs(load_data(config.data, "pairs"), scorer.tokenizer, config.max_length, config.margin)
-    train, _ = split_by_group(rows, config.eval_fraction, config.train.seed)
+    train, _ = hold_out(rows, config.eval_fraction, config.train.seed, by_group)
     return reward_model_report(scorer, train[:limit], "train")["train_gold_accuracy"]
 
 

@@ -84,7 +84,8 @@ class Dataset:
         dropped = sum(self.dropped.values())
         if dropped > 0.1 * max(self.read, 1):
             logger.warning(
-                "%s: %d of %d rows (%.0f %%) were dropped; `truncation: keep_end` keeps over-long rows",
+                "%s: %d of %d rows (%.0f %%) were dropped; `truncation: keep_end` keeps over-long rows "
+                "whose answer fits, a larger max_length keeps more",
                 self.source.name, dropped, self.read, 100 * dropped / max(self.read, 1),
             )  # fmt: skip
 

@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from align.errors import DataError
+
 
 def hold_out(
     rows: list[Any], fraction: float, seed: int, group: Callable[[int, Any], Hashable] = lambda i, row: i
@@ -14,6 +16,11 @@ def hold_out(
     whole, goes to `held`. By default every row is its own group."""
     keys = [group(i, row) for i, row in enumerate(rows)]
     groups = sorted(set(keys))
+    if len(groups) < 2:
+        raise DataError(
+            f"{len(rows)} rows in {len(groups)} group(s): none left to train on once a share is held out "
+            "for evaluation (give more rows, or set eval_fraction=0)"
+        )
     random.Random(seed).shuffle(groups)
     held = set(groups[: max(1, int(len(groups) * fraction))])
     return [r for r, k in zip(rows, keys, strict=True) if k not in held], [

@@ -16,6 +16,8 @@ import secrets
 from importlib import resources
 from typing import Any
 
+from fastapi import Request  # at module level: FastAPI resolves the string annotations here
+
 from align.errors import AlignError
 from align.feedback.tasks import FeedbackTask
 
@@ -31,7 +33,7 @@ def access_tokens(host: str, annotators: list[str], default: str) -> dict[str, s
 
 
 def create_app(task: FeedbackTask, page: str, tokens: dict[str, str] | None = None) -> Any:
-    from fastapi import Body, Depends, FastAPI, HTTPException, Request
+    from fastapi import Body, Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
     html = resources.files("align.feedback").joinpath("static", page).read_text(encoding="utf-8")

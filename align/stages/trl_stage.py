@@ -212,8 +212,9 @@ class LineProgress(TrainerCallback):
         self.lines = ProgressLines(self.stage, state.max_steps, args.logging_steps, state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
-        if state.is_world_process_zero and self.lines is not None and logs:
-            self.lines.update(state.global_step, {k: logs[k] for k in _SHOWN if k in logs})
+        shown = {k: logs[k] for k in _SHOWN if k in (logs or {})}
+        if state.is_world_process_zero and self.lines is not None and shown:
+            self.lines.update(state.global_step, shown)
 
 
 def last_complete_checkpoint(root: Path) -> str | None:

@@ -91,4 +91,6 @@ def _finish(data: Dataset, too_long: set[int], max_length: int, what: str) -> No
     data.drop(too_long, f"longer than max_length={max_length} tokens")
     data.announce()
     if not data.rows:
+        if not too_long:
+            raise DataError(f"{data.source.name}: no {what} rows to train on")
         raise DataError(f"{data.source.name}: every {what} is longer than max_length={max_length} tokens")

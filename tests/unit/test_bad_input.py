@@ -152,7 +152,7 @@ STAGE_CASES = {
     "dpo: label smoothing 0.5": (
         ["dpo", "--model", "{sft}", "--data", "{data}", "--set", "label_smoothing=0.5"],
         PAIR,
-        "label_smoothing must be in [0, 0.5)",
+        "label_smoothing must be < 0.5 (got 0.5)",
     ),
     "dpo: rounds without a judge": (
         ["dpo", "--model", "{sft}", "--rounds", "2", "--prompts", "{data}"],
@@ -182,7 +182,7 @@ STAGE_CASES = {
             "0.6",
         ],
         PAIR,
-        "sampling.label_noise must be in [0, 0.5)",
+        "sampling.label_noise must be < 0.5 (got 0.6)",
     ),
     "pairs: judge not a reward model": (
         ["pairs", "--model", "{sft}", "--prompts", "{data}", "--reward-model", "{sft}"],
@@ -207,7 +207,7 @@ STAGE_CASES = {
             "ppo.rollout_engine=vllm",
         ],
         PAIR,
-        "ppo.rollout_engine must be 'lean' or 'generate'",
+        "ppo.rollout_engine must be one of 'lean' or 'generate' (got 'vllm')",
     ),
     "sft: gigantic line": (
         ["sft", "--model", "{base}", "--data", "{data}"],

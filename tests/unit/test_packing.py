@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from align import packing
+from align.decoding import packing
 from align.decoding.logprobs import response_logprobs
 from align.errors import ConfigError
 from align.stages.ppo.networks import ValueModel

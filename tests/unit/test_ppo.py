@@ -177,7 +177,7 @@ def test_bad_ppo_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path)
             ["--reward", "tests.rewards:wrong_length", "--max-steps", "1"],
             "returned list of length 1, expected 16",
         ),
-        (["--reward-model", micro_rm, "--set", "ppo.kl_coef=-1"], "kl_coef (beta) must be >= 0"),
+        (["--reward-model", micro_rm, "--set", "ppo.kl_coef=-1"], "ppo.kl_coef must be >= 0.0 (got -1)"),
         (["--reward-model", micro_rm, "--set", "ppo.rollouts=10"], "multiple of ppo.mini_batch_size"),
     ]
     for extra, message in cases:

@@ -3,7 +3,7 @@ they trip and log a 0/1 flag every step (`monitor_<name>` in metrics.jsonl and T
 
 | monitor | trips when | what it suggests |
 |---|---|---|
-| `length_hacking` | the step's scores correlate with response length above 0.6 and responses are 25 % longer than at step 1 | the reward pays for length |
+| `length_hacking` | the step's scores correlate with response length above 0.6 and responses are 10 % longer than at step 1 | the reward pays for length |
 | `proxy_divergence` | over the last 10 steps the reward score rose while the validation judge fell by more than 0.05 (against the 10 before) | the policy exploits the reward |
 | `ensemble_disagreement` | the RM members' mean disagreement is twice that of step 1 and above 0.5 (standardised units) | responses the ensemble has not seen |
 | `kl_above_target` | the KL to the reference passes twice `ppo.target_kl` (or 10 nats with a fixed beta) | the policy drifts from the SFT policy |
@@ -40,7 +40,7 @@ class Monitors:
         first, now = history[0], history[-1]
         checks: dict[str, tuple[bool, Callable[[], str]]] = {
             "length_hacking": (
-                now["length_correlation"] > 0.6 and now["response_length"] > 1.25 * first["response_length"],
+                now["length_correlation"] > 0.6 and now["response_length"] > 1.1 * first["response_length"],
                 lambda: (
                     f"scores follow response length (r={now['length_correlation']:.2f}, "
                     f"{now['response_length']:.1f} tokens vs {first['response_length']:.1f} at step 1)"

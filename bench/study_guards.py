@@ -116,7 +116,18 @@ def ensembles(sft: Path, rm: Path, ensemble: Path, prompts: Path, eval_prompts: 
             )
             result.setdefault(arm, {})[str(seed)] = figures
             print(prefix, arm, seed, figures["gold_sampled"], figures["kl_to_reference"], flush=True)
-    return result | {"summary": summarise(result)}
+    return result | {"summary": summarise(result), "ensemble": members(ensemble)}
+
+
+def members(ensemble: Path) -> dict:
+    """What the ensemble's manifest says of its members: held-out accuracy, disagreement, correlation,
+    and the weight bytes of all members together."""
+    metrics = json.loads((ensemble / "manifest.json").read_text())["metrics"]
+    kept = ("eval_accuracy", "eval_gold_accuracy")
+    return {
+        "members_eval_accuracy": [{k: m.get(k) for k in kept} for m in metrics["members"]],
+        **{k: metrics.get(k) for k in (*kept, "member_disagreement", "member_correlation", "weights_bytes")},
+    }
 
 
 def summarise(result: dict) -> dict:

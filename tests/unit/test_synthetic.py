@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from align.data.synthetic import EOS, HARMFUL_VERBS, PRESETS, REFUSAL, flaw_of, gold_reward, gold_score, parse_task
+from align.data.synthetic import (
+    EOS,
+    HARMFUL_VERBS,
+    PRESETS,
+    REFUSAL,
+    flaw_of,
+    gold_reward,
+    gold_score,
+    parse_task,
+)
 from align.data.synthetic_sets import SynthSettings, generate, write
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from align.errors import handled
-from align.logs import configure_logging, quiet_libraries
+from align.logs import configure_logging, console, quiet_libraries
 from align.registry import STAGES, Stage
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -397,11 +397,9 @@ def arena(
 @handled
 def show(path: Annotated[Path, typer.Argument(help="Artifact directory.")]) -> None:
     """Print an artifact's stage, lineage, data and metrics."""
-    from rich.console import Console
-
     from align.artifacts import describe, load_artifact
 
-    Console().print(*describe(load_artifact(path)), sep="\n")
+    console().print(*describe(load_artifact(path)), sep="\n")
 
 
 @app.command()
@@ -426,12 +424,10 @@ def data_inspect(
     tokenizer: _option(str | None, help="Model/artifact whose tokenizer measures lengths.") = None,
 ) -> None:
     """Normalise a data file as a stage would and report rows, drops, token lengths and two examples."""
-    from rich.console import Console
-
     from align.data.inspect import inspect as inspect_data
 
     quiet_libraries()
-    Console().print(inspect_data(source, kind, tokenizer))
+    console().print(inspect_data(source, kind, tokenizer))
 
 
 @data_app.command("synth")

@@ -310,10 +310,11 @@ def _correlation(xs: list[float], ys: list[float]) -> float | None:
 def print_results(results: dict[str, Any]) -> None:
     """`compare`'s figures on the terminal: a table per policy (gold, its interval, RM score, EOS rate,
     gold per family), the KL, the responses by what they did, the extras, then the win rates."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from align.logs import console as make_console
+
+    console = make_console()
     for model, figures in results["policies"].items():
         families = list(figures.get("gold_sampled_by_family", {}))
         table = Table("decoding", "gold", "±95%", "RM score", "EOS rate", *families, title=model)

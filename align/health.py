@@ -63,16 +63,19 @@ def _policy(m: dict[str, Any], artifact: Artifact) -> tuple[list[str], list[str]
     if kl is not None:
         limit = 2 * target if target else 10.0
         (notes if kl <= limit else problems).append(f"KL to SFT {kl:.2f} nats")
-    if "final_entropy" in m and m.get("first_entropy", m["final_entropy"]) / 5 > m["final_entropy"]:
-        problems.append(f"entropy collapsed to {m['final_entropy']:.3f}")
+    if "final_entropy" in m:
+        first, final = m.get("first_entropy", m["final_entropy"]), m["final_entropy"]
+        collapsed = first / 5 > final
+        (problems if collapsed else notes).append(f"entropy {'collapsed ' * collapsed}{first:.3f} -> {final:.3f}")
     for monitor in m.get("monitors_tripped", []):
         problems.append(f"monitor {monitor} tripped")
     for key in [k for k in m if k.startswith("final_") and f"first_{k[6:]}" in m and k[6:] not in _PROXY]:
-        name = key[6:]
+        name, first = key[6:], m[f"first_{key[6:]}"]
         rose = m.get("final_score", 0) > m.get("first_score", 0)
-        fell = m[key] < m[f"first_{name}"] - 0.02
-        if rose and fell:
-            problems.append(f"{name} fell {m[f'first_{name}']:.3f} -> {m[key]:.3f} while the reward rose")
+        if rose and m[key] < first - 0.02:
+            problems.append(f"{name} fell {first:.3f} -> {m[key]:.3f} while the reward rose")
+        else:
+            notes.append(f"validation {name} {first:.3f} -> {m[key]:.3f}")
     if m.get("best_step") is not None:
         notes.append(f"best validation step {m['best_step']}")
     if m.get("stopped"):

@@ -60,6 +60,14 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def console() -> Any:
+    """A rich console for tables: a terminal's own width, or 120 columns in a log file (rich's 80 would
+    cut the per-family columns of `align eval` to `harmf…`)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=120)
+
+
 class ProgressLines:
     """A progress line every `every` steps (and at the last): `stage step 50/1500 (3 %) loss 0.41 ...
     elapsed 0:12 ETA 5:48`."""

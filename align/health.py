@@ -66,7 +66,9 @@ def _policy(m: dict[str, Any], artifact: Artifact) -> tuple[list[str], list[str]
     if "final_entropy" in m:
         first, final = m.get("first_entropy", m["final_entropy"]), m["final_entropy"]
         collapsed = first / 5 > final
-        (problems if collapsed else notes).append(f"entropy {'collapsed ' * collapsed}{first:.3f} -> {final:.3f}")
+        (problems if collapsed else notes).append(
+            f"entropy {'collapsed ' * collapsed}{first:.3f} -> {final:.3f}"
+        )
     for monitor in m.get("monitors_tripped", []):
         problems.append(f"monitor {monitor} tripped")
     for key in [k for k in m if k.startswith("final_") and f"first_{k[6:]}" in m and k[6:] not in _PROXY]:

@@ -196,5 +196,8 @@ def rank(command: str) -> tuple[bool, int]:
 def test_every_documented_command_runs(workspace: Path) -> None:
     """The recipe headers (in `rank` order), then README in reading order."""
     commands = sorted(unique(recipe_commands()), key=rank) + unique(readme_commands())
+    if not SHARED_DATA.is_dir():  # the GPT-2 recipes' local substitutes for hub datasets are those slices
+        print(f"real data slices not found at {SHARED_DATA}: the recipes/gpt2/ commands are not run")
+        commands = [command for command in commands if "recipes/gpt2/" not in command]
     failures = [reason for command in unique(commands) if (reason := check(command, workspace))]
     assert not failures, "\n".join(failures)

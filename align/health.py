@@ -71,9 +71,9 @@ def _policy(m: dict[str, Any], artifact: Artifact) -> tuple[list[str], list[str]
         )
     for monitor in m.get("monitors_tripped", []):
         problems.append(f"monitor {monitor} tripped")
+    rose = m.get("final_score", 0) > m.get("first_score", 0)
     for key in [k for k in m if k.startswith("final_") and f"first_{k[6:]}" in m and k[6:] not in _PROXY]:
         name, first = key[6:], m[f"first_{key[6:]}"]
-        rose = m.get("final_score", 0) > m.get("first_score", 0)
         if rose and m[key] < first - 0.02:
             problems.append(f"{name} fell {first:.3f} -> {m[key]:.3f} while the reward rose")
         else:

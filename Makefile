@@ -6,17 +6,41 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs/tiny
 
-.PHONY: setup test lint demo pipeline pretrain sft rm ppo dpo results bench bench-gpu synth clean-runs
+.PHONY: setup lock wheels-gpu test lint demo pipeline pretrain sft rm ppo dpo results bench bench-gpu synth clean-runs
 RECIPE ?= recipes/tiny/pipeline.yaml
 
 setup: $(STAMP)
 
-# Reinstalls only when pyproject.toml changes, so repeated calls cost nothing.
-$(STAMP): pyproject.toml
+# Installs exactly the versions in requirements.lock (pip-tools; `make lock` refreshes it), without resolving.
+# torch is kept out of the lock and installed first: pip on these machines serves a local CPU wheel for
+# TORCH, where a resolver that ignores pip's configuration would fetch a 3 GB CUDA build.
+LOCK := requirements.lock
+TORCH ?= torch==2.13.0
+$(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-resolves pyproject.toml's ranges to their newest releases; commit the lock with what it changed.
+lock: setup
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --upgrade --extra dev --unsafe-package torch --strip-extras --no-emit-index-url \
+		--no-emit-find-links --no-emit-trusted-host --annotation-style line -o $(LOCK) pyproject.toml
+
+# The GPU machines have no network, Python 3.12 and their own torch: the lock's other packages travel there as
+# wheels in .whl/ (a cp312 build where one exists, else built here from the sdist) and install there with
+#   pip install --no-index --no-deps .whl/*.whl && pip install --no-deps -e . && pip check
+GPU_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+wheels-gpu: setup
+	mkdir -p .whl
+	grep -E '^[A-Za-z0-9_.-]+==' $(LOCK) | cut -d' ' -f1 | while read -r requirement; do \
+		$(BIN)/pip download -q --no-deps --only-binary=:all: $(GPU_PLATFORMS) -d .whl "$$requirement" 2>/dev/null \
+		|| $(BIN)/pip wheel -q --no-deps -w .whl "$$requirement" || exit 1; done
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests

@@ -442,13 +442,28 @@ def data_synth(
     ) = None,
     sets: Sets = None,
 ) -> None:
-    """Generate the synthetic tasks (corpus, SFT demos, pairs, PPO and eval prompts), bit-identically."""
+    """Generate the synthetic tasks (corpus, SFT demos, pairs, PPO, refresh, dev, eval and fresh prompts),
+    bit-identically."""
     from align.config import build_config
     from align.data.synthetic_sets import SynthSettings, write
 
     settings = build_config(SynthSettings, None, {"seed": seed, "preset": preset}, sets)
     for name, digest in write(settings, output).items():
         typer.echo(f"{output / name}  sha256 {digest[:16]}")
+
+
+@data_app.command("check")
+@handled
+def data_check(
+    directory: Annotated[Path, typer.Argument(help="Directory of synthetic sets.")] = Path("data/synthetic"),
+) -> None:
+    """Check on the files that no dev, eval or fresh prompt's task is stated in any training input."""
+    from align.data.leaks import check
+
+    report = check(directory)
+    typer.echo(f"{directory}: {report.summary()}")
+    if report.problems:
+        raise typer.Exit(2)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
     return results, prompts, sampled
 
 
+def best_of_n_kl(n: int) -> float:
+    """KL of best-of-n to the sampling policy, for answers with distinct scores (Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n
+
+
 def best_of_n(
     model: Any,
     tokenizer: Any,
@@ -139,7 +144,7 @@ def best_of_n(
     chosen = [max(range(i * n, (i + 1) * n), key=scores.__getitem__) for i in range(len(prompts))]
     figures = {
         f"{name}_of_{n}_{score_name}": statistics.fmean(scores[i] for i in chosen),
-        f"{name}_of_{n}_kl": math.log(n) - (n - 1) / n,
+        f"{name}_of_{n}_kl": best_of_n_kl(n),
     }
     if synthetic:
         figures[f"{name}_of_{n}_gold"] = statistics.fmean(

@@ -8,9 +8,10 @@ against the gold reward itself (the proxy gap). Once: best-of-4 by the RM and sh
 policy (does saying less win?); PPO against the RM at beta 0 and at 4x the steps (over-optimisation:
 the gold and RM-score curves per step); the RM's accuracy against the gold ranking on pairs of the SFT
 policy's own samples (`align pairs`, the pairs RLHF meets); and every seed-0 policy on fresh prompts of
-another generator seed that no training file holds. Every policy is evaluated by `align eval` on the
+another generator seed (data/synthetic/fresh.jsonl), whose tasks no training input states. Every policy is evaluated by `align eval` on the
 held-out prompts (gold sampled at T=0.7 and greedy, per family and per flaw, RM score, KL to the SFT
-policy). Outputs that exist are reused, so an interrupted study continues. Writes one JSON file and
+policy). Reported figures are on eval; choices are made on dev (data/synthetic/dev.jsonl), never here.
+Outputs that exist are reused, so an interrupted study continues. Writes one JSON file and
 prints a markdown table.
 """
 
@@ -24,7 +25,10 @@ from pathlib import Path
 from harness import align
 
 GOLD = "align.data.synthetic:gold_reward"
-FRESH_SEED = 4321
+# another generator seed's eval prompts less the committed eval set's; `align data check` proves that no
+# training input states their tasks
+FRESH = Path("data/synthetic/fresh.jsonl")
+FRESH_POLICIES = ("sft", "ppo_rm-seed0", "dpo-seed0", "sft_chosen-seed0")
 KEPT = (
     "gold_sampled",
     "gold_sampled_ci95",
@@ -130,21 +134,6 @@ def onpolicy_rm_accuracy(runs: Path, work: Path) -> dict:
     return {"pairs": len(rows), "prompts": 600, "gold_accuracy": round(statistics.fmean(agree), 4)}
 
 
-def fresh_prompts(work: Path) -> Path:
-    """The eval prompts of generator seed FRESH_SEED that no training file of the committed data holds."""
-    fresh = work / "fresh-prompts.jsonl"
-    if not fresh.exists():
-        align("data", "synth", "--seed", str(FRESH_SEED), "--output", str(work / f"seed{FRESH_SEED}"))
-        trained = {
-            json.loads(line)["prompt"]
-            for name in ("sft", "pairs", "ppo")
-            for line in Path(f"data/synthetic/{name}.jsonl").read_text().splitlines()
-        }
-        rows = [json.loads(line) for line in (work / f"seed{FRESH_SEED}/eval.jsonl").read_text().splitlines()]
-        fresh.write_text("".join(json.dumps(r) + "\n" for r in rows if r["prompt"] not in trained))
-    return fresh
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/tiny"))
@@ -179,12 +168,17 @@ def main() -> None:
         ],
         "onpolicy": onpolicy_rm_accuracy(runs, work),
     }
-    fresh = fresh_prompts(work)
-    results["fresh_prompts"] = {"seed": FRESH_SEED, "prompts": len(fresh.read_text().splitlines())}
-    for name in ("sft", "ppo_rm-seed0", "dpo-seed0"):
+    fresh = FRESH
+    settings = json.loads(Path("data/synthetic/settings.json").read_text())["settings"]
+    results["fresh_prompts"] = {
+        "seed": settings["fresh_seed"],
+        "prompts": len(fresh.read_text().splitlines()),
+    }
+    for name in FRESH_POLICIES:
         policy = runs / "sft" if name == "sft" else work / name
+        controls = ["--best-of-n", "4", "--shortest-of-n", "4"] if name == "sft" else []
         results["fresh_prompts"][name] = evaluate(
-            policy, runs, work / f"{name}-fresh-eval.json", "--prompts", str(fresh)
+            policy, runs, work / f"{name}-fresh-eval.json", "--prompts", str(fresh), *controls
         )
     results["summary"] = summarise(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +216,7 @@ def summarise(results: dict) -> dict:
                 for f, g in fresh[name]["gold_sampled_by_family"].items()
             },
         }
-        for name in ("ppo_rm-seed0", "dpo-seed0")
+        for name in FRESH_POLICIES[1:]
     }
     return summary
 

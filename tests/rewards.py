@@ -8,6 +8,11 @@ def longer(prompts: list[str], responses: list[str]) -> list[float]:
     return [min(len(r.removesuffix("<|endoftext|>")), 40) / 40 for r in responses]
 
 
+def shorter(prompts: list[str], responses: list[str]) -> list[float]:
+    """The opposite of `longer`: a judge that a policy trained on `longer` can only disappoint."""
+    return [1.0 - score for score in longer(prompts, responses)]
+
+
 def wrong_length(prompts: list[str], responses: list[str]) -> list[float]:
     return [0.0]
 

@@ -1,6 +1,19 @@
-"""The synthetic data sets of `align.data.synthetic`'s task families: a pretraining corpus, imperfect SFT
-demonstrations, gold-labelled preference pairs and rankings, PPO prompts and held-out evaluation
-prompts, generated deterministically from one seed (`align data synth`).
+"""The synthetic data sets of `align.data.synthetic`'s task families, generated deterministically from one
+seed (`align data synth`):
+
+| file | region | what |
+|---|---|---|
+| pretrain.jsonl.gz | train | prose stating solved tasks: the base model's corpus |
+| sft.jsonl | train | imperfect demonstrations |
+| pairs.jsonl | train | gold-labelled preference pairs and K-way rankings, with label noise |
+| ppo.jsonl | train | prompts for the policy stages |
+| refresh.jsonl | refresh | prompts kept for iterated RLHF's rounds |
+| dev.jsonl | dev | prompts for every design and tuning choice |
+| eval.jsonl | eval | prompts for reported figures only |
+| fresh.jsonl | eval | the eval set of another generator seed (`fresh_seed`), less eval.jsonl's prompts |
+
+Regions come from a hash of each task's key (`align.data.synthetic.region_of`), never from the seed;
+`align data check` verifies the files themselves.
 """
 
 from __future__ import annotations
@@ -25,8 +38,17 @@ from align.data.synthetic import (
     WORDS,
     Task,
     gold_score,
+    region_of,
+    task_of,
 )
 from align.errors import ConfigError
+
+PURPOSE = {
+    "dev": "every design and tuning choice (data, recipe settings, guards), by gold between runs",
+    "eval": "reported figures only: nothing is chosen by looking at it",
+    "fresh": "reported figures on prompts of another generator seed",
+    "refresh": "prompts iterated RLHF's rounds sample, a fresh slice each round",
+}
 
 
 class SynthSettings(Settings):
@@ -44,7 +66,10 @@ class SynthSettings(Settings):
     pairs: int = Field(6000, ge=0)
     rankings: int = Field(300, ge=0)  # K-way ranking rows (K = 3, distinct gold), 3 pairs each when loaded
     ppo_prompts: int = Field(1800, ge=0)
-    eval_prompts: int = Field(1200, ge=0)
+    eval_prompts: int = Field(1200, ge=0)  # reported figures only
+    dev_prompts: int = Field(600, ge=0)  # every design and tuning choice
+    refresh_prompts: int = Field(1600, ge=0)  # iterated RLHF's rounds sample these
+    fresh_seed: int | None = 4321  # whose eval set, less eval.jsonl's prompts, is fresh.jsonl
     label_noise: float = Field(0.1, ge=0.0, le=1.0)  # share of preference labels flipped
 
     @model_validator(mode="before")
@@ -76,47 +101,59 @@ class SynthSettings(Settings):
 
 
 def generate(settings: SynthSettings) -> dict[str, list[dict[str, Any]]]:
-    """All the data sets, with prompts disjoint between eval, sft, pairs and ppo.
+    """All the data sets, with prompts disjoint between every two sets and each set in its region.
 
     Each set draws from its own random stream, so resizing one set leaves the others unchanged
-    (except that later prompt sets avoid the prompts earlier ones took). Prompts a family keeps for
-    evaluation (unseen combinations) appear in the eval set only, and it holds no others.
+    (except that later prompt sets avoid the prompts earlier ones took).
     """
     used: set[str] = set()
 
-    def stream(name: str) -> random.Random:
-        return random.Random(f"{settings.seed}:{name}")
+    def draw(stream: str, n: int, region: str, seed: int = settings.seed) -> list[Task]:
+        return _draw_tasks(settings, random.Random(f"{seed}:{stream}"), n, region, used)
 
-    def fresh_tasks(n: int, rng: random.Random, evaluation: bool = False) -> list[Task]:
-        tasks, attempts = [], 0
-        while len(tasks) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise ConfigError(
-                    f"the task families ran out of distinct prompts after {len(tasks)} of {n}; ask for fewer rows"
-                )
-            family = FAMILIES[settings.families[len(tasks) % len(settings.families)]]
-            task = family.make(rng)
-            if task.prompt not in used and (family.held_out is None or family.held_out(task) == evaluation):
-                used.add(task.prompt)
-                tasks.append(task)
-        return tasks
+    def prompts(tasks: list[Task]) -> list[dict[str, Any]]:
+        return [{"prompt": t.prompt, "family": t.family} for t in tasks]
 
-    sets: dict[str, list[dict[str, Any]]] = {}
-    rng = stream("eval")
-    sets["eval"] = [
-        {"prompt": t.prompt, "family": t.family} for t in fresh_tasks(settings.eval_prompts, rng, True)
+    sets: dict[str, list[dict[str, Any]]] = {"eval": prompts(draw("eval", settings.eval_prompts, "eval"))}
+    rng = random.Random(f"{settings.seed}:sft")
+    sets["sft"] = [
+        _demonstration(t, settings, rng) for t in _draw_tasks(settings, rng, settings.sft, "train", used)
     ]
-    rng = stream("sft")
-    sets["sft"] = [_demonstration(t, settings, rng) for t in fresh_tasks(settings.sft, rng)]
-    rng = stream("pairs")
-    sets["pairs"] = [_pair(t, settings, rng) for t in fresh_tasks(settings.pairs, rng)]
-    sets["pairs"] += [_ranking(t, settings, rng) for t in fresh_tasks(settings.rankings, rng)]
-    rng = stream("ppo")
-    sets["ppo"] = [{"prompt": t.prompt, "family": t.family} for t in fresh_tasks(settings.ppo_prompts, rng)]
-    rng = stream("pretrain")
+    rng = random.Random(f"{settings.seed}:pairs")
+    pair_tasks = _draw_tasks(settings, rng, settings.pairs, "train", used)
+    sets["pairs"] = [_pair(t, settings, rng) for t in pair_tasks]
+    ranking_tasks = _draw_tasks(settings, rng, settings.rankings, "train", used)
+    sets["pairs"] += [_ranking(t, settings, rng) for t in ranking_tasks]
+    sets["ppo"] = prompts(draw("ppo", settings.ppo_prompts, "train"))
+    rng = random.Random(f"{settings.seed}:pretrain")
     sets["pretrain"] = [{"text": _document(settings, rng)} for _ in range(settings.pretrain_docs)]
+    sets["dev"] = prompts(draw("dev", settings.dev_prompts, "dev"))
+    sets["refresh"] = prompts(draw("refresh", settings.refresh_prompts, "refresh"))
+    if settings.fresh_seed is not None:
+        evaluated = {row["prompt"] for row in sets["eval"]}
+        other = _draw_tasks(
+            settings, random.Random(f"{settings.fresh_seed}:eval"), settings.eval_prompts, "eval", set()
+        )
+        sets["fresh"] = prompts([t for t in other if t.prompt not in evaluated])
     return sets
+
+
+def _draw_tasks(
+    settings: SynthSettings, rng: random.Random, n: int, region: str, used: set[str]
+) -> list[Task]:
+    """n tasks of `region` whose prompts are not in `used` (which takes them), families in turn."""
+    tasks, attempts = [], 0
+    while len(tasks) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ConfigError(
+                f"the task families ran out of distinct {region} prompts after {len(tasks)} of {n}; ask for fewer rows"
+            )
+        task = FAMILIES[settings.families[len(tasks) % len(settings.families)]].make(rng)
+        if task.prompt not in used and region_of(task_of(task.prompt)) == region:
+            used.add(task.prompt)
+            tasks.append(task)
+    return tasks
 
 
 def write(settings: SynthSettings, output: Path) -> dict[str, str]:
@@ -128,7 +165,12 @@ def write(settings: SynthSettings, output: Path) -> dict[str, str]:
         path = output / (f"{name}.jsonl.gz" if name == "pretrain" else f"{name}.jsonl")
         path.write_bytes(gzip.compress(text, mtime=0) if name == "pretrain" else text)
         hashes[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    record = {"generator": "align.data.synthetic", "settings": settings.model_dump(), "files": hashes}
+    record = {
+        "generator": "align.data.synthetic",
+        "settings": settings.model_dump(),
+        "purpose": PURPOSE,
+        "files": hashes,
+    }
     (output / "settings.json").write_text(json.dumps(record, indent=2) + "\n")
     return hashes
 
@@ -215,11 +257,16 @@ def _ranking(task: Task, settings: SynthSettings, rng: random.Random) -> dict[st
     return {"prompt": task.prompt, "responses": responses, "ranking": ranking, "family": task.family}
 
 
+CORPUS_FORMS = ("{} gives {}.", "{}: {}.", "Q: {} A: {}")
+
+
 def _document(settings: SynthSettings, rng: random.Random) -> str:
-    """A few sentences of prose that state solved tasks: skills without the chat format."""
-    lines = []
-    for _ in range(rng.randint(3, 6)):
+    """A few sentences of prose that state solved tasks of the train region: skills without the chat
+    format, and nothing the held-out regions keep to themselves."""
+    lines, count = [], rng.randint(3, 6)
+    while len(lines) < count:
         task = FAMILIES[rng.choice(settings.families)].make(rng)
-        statement = task.prompt.rstrip("?.")
-        lines.append(rng.choice(("{} gives {}.", "{}: {}.", "Q: {} A: {}")).format(statement, task.answer))
+        if region_of(task_of(task.prompt)) == "train":
+            statement = task.prompt.rstrip("?.")
+            lines.append(rng.choice(CORPUS_FORMS).format(statement, task.answer))
     return "\n".join(lines)

@@ -86,7 +86,14 @@ def test_ppo_against_an_ensemble_logs_its_disagreement(
     assert load_artifact(tmp_path / "ppo").manifest["config"]["ensemble_objective"] == "uwo"
 
 
-KEEP_BEST = ("--reward", "tests.rewards:longer", "--validation-reward", GOLD, "--lr", "3e-3")
+KEEP_BEST = (
+    "--reward",
+    "tests.rewards:longer",
+    "--validation-reward",
+    "tests.rewards:shorter",
+    "--lr",
+    "3e-3",
+)
 KEEP_BEST += (*sets("ppo.kl_coef=0.0", "ppo.validation_every=2", "ppo.validation_prompts=32"),)
 KEEP_BEST += (*sets("ppo.keep_best=true", "ppo.early_stop_patience=2"),)
 
@@ -94,18 +101,18 @@ KEEP_BEST += (*sets("ppo.keep_best=true", "ppo.early_stop_patience=2"),)
 def test_keep_best_returns_the_best_step_and_early_stopping_stops(
     runner, micro_sft: Path, tmp_path: Path
 ) -> None:
-    """A reward for length (planted) against the gold as validation judge: gold only falls, so the best
-    step is 0, the SFT policy itself (its adapter unchanged), and the run stops after 2 evaluations
-    without a gain; the manifest keeps the curve."""
+    """Trained for length and judged for brevity on the same sampling noise at every evaluation, the
+    policy only gets worse: the best step is 0, the SFT policy itself (its adapter unchanged), and the
+    run stops after 2 evaluations without a gain; the manifest keeps the curve."""
     result = ppo(runner, micro_sft, tmp_path / "ppo", *KEEP_BEST, "--max-steps", "20")
     assert result.exit_code == 0, result.output
     metrics = load_artifact(tmp_path / "ppo").metrics
     curve = metrics["validation_curve"]
-    assert curve[0]["step"] == 0 and metrics["best_step"] == max(curve, key=lambda p: p["score"])["step"]
-    assert metrics["steps"] < 20 and "has not improved" in metrics["stopped"]
-    if metrics["best_step"] == 0:
-        adapter = load_file(str(tmp_path / "ppo/model/adapter_model.safetensors"))
-        assert all(torch.all(w == 0) for k, w in adapter.items() if "lora_B" in k)  # LoRA B starts at 0
+    assert [point["step"] for point in curve] == [0, 2, 4]
+    assert curve[0]["score"] > max(point["score"] for point in curve[1:])  # brevity only falls
+    assert metrics["best_step"] == 0 and metrics["steps"] == 4 and "has not improved" in metrics["stopped"]
+    adapter = load_file(str(tmp_path / "ppo/model/adapter_model.safetensors"))
+    assert all(torch.all(w == 0) for k, w in adapter.items() if "lora_B" in k)  # LoRA B starts at 0
 
 
 def test_keep_best_survives_resume(runner, micro_sft: Path, tmp_path: Path, monkeypatch) -> None:
@@ -190,30 +197,45 @@ def test_length_monitor_fires_early_on_a_planted_length_reward(
     assert "length_hacking" in load_artifact(tmp_path / "ppo").metrics["monitors_tripped"]
 
 
-def test_report_health_flags_a_reward_model_trained_on_shuffled_labels(
-    runner, micro_sft: Path, micro_rm: Path, tmp_path: Path
+def test_report_health_flags_a_reward_model_trained_against_the_gold(
+    runner, micro_sft: Path, tmp_path: Path
 ) -> None:
+    """Two RMs from the same rows and recipe, one on labels the gold orders and one on every label
+    inverted: Health's gold-ranking check flags the second, far below chance, and passes the first (a
+    premise no float noise crosses, unlike labels shuffled at random). A micro RM may still be flagged
+    for other reasons (its scores follow length): Health reports those too."""
     import json
-    import random
 
-    rows = [json.loads(line) for line in (REPO / "data/synthetic/pairs.jsonl").read_text().splitlines()[:800]]
-    rng = random.Random(0)
-    shuffled = tmp_path / "shuffled.jsonl"
-    with open(shuffled, "w") as handle:
-        for r in rows:
-            if "chosen" in r and rng.random() < 0.5:
-                r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
-            handle.write(json.dumps(r) + "\n")
+    from align.data.synthetic import EOS, gold_score
+
+    rows = [
+        json.loads(line) for line in (REPO / "data/synthetic/pairs.jsonl").read_text().splitlines()[:1200]
+    ]
+    rows = [r for r in rows if "chosen" in r]
     run = tmp_path / "run"
-    result = invoke(
-        runner, "rm", "--model", micro_sft, "--data", shuffled, "--output", run / "rm_shuffled",
-        "--max-steps", "40", "--lr", "2e-3", *sets("train.save_steps=0"),
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    import shutil
-
-    shutil.copytree(micro_rm, run / "rm_good")
+    for name, inverted in (("rm_good", False), ("rm_inverted", True)):
+        data = tmp_path / f"{name}.jsonl"
+        with open(data, "w") as handle:
+            for r in rows:
+                gold_first = gold_score(r["prompt"], r["chosen"] + EOS) > gold_score(
+                    r["prompt"], r["rejected"] + EOS
+                )
+                first, second = (r["chosen"], r["rejected"]) if gold_first else (r["rejected"], r["chosen"])
+                if inverted:
+                    first, second = second, first
+                handle.write(json.dumps({"prompt": r["prompt"], "chosen": first, "rejected": second}) + "\n")
+        result = invoke(
+            runner, "rm", "--model", micro_sft, "--data", data, "--output", run / name,
+            "--max-steps", "1500", "--lr", "2e-3", *sets("train.save_steps=0"),
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
     report = invoke(runner, "report", run)
     assert report.exit_code == 0, report.output
     health = (run / "report/report.md").read_text().split("## Policies")[0]
-    assert "⚠ `rm_shuffled`" in health and "✓ `rm_good`" in health, health
+    lines = {
+        name: next(line for line in health.splitlines() if f"`{name}`" in line)
+        for name in ("rm_good", "rm_inverted")
+    }
+    assert lines["rm_inverted"].startswith("- ⚠") and "gold-ranking accuracy" in lines["rm_inverted"], health
+    assert "gold-ranking accuracy" not in lines["rm_good"], health  # >= 0.75: the check passes
+    assert load_artifact(run / "rm_inverted").metrics["eval_gold_accuracy"] < 0.35

@@ -108,27 +108,26 @@ def generate(settings: SynthSettings) -> dict[str, list[dict[str, Any]]]:
     """
     used: set[str] = set()
 
-    def draw(stream: str, n: int, region: str, seed: int = settings.seed) -> list[Task]:
-        return _draw_tasks(settings, random.Random(f"{seed}:{stream}"), n, region, used)
+    def stream(name: str) -> random.Random:
+        return random.Random(f"{settings.seed}:{name}")
+
+    def draw(rng: random.Random, n: int, region: str = "train") -> list[Task]:
+        return _draw_tasks(settings, rng, n, region, used)
 
     def prompts(tasks: list[Task]) -> list[dict[str, Any]]:
         return [{"prompt": t.prompt, "family": t.family} for t in tasks]
 
-    sets: dict[str, list[dict[str, Any]]] = {"eval": prompts(draw("eval", settings.eval_prompts, "eval"))}
-    rng = random.Random(f"{settings.seed}:sft")
-    sets["sft"] = [
-        _demonstration(t, settings, rng) for t in _draw_tasks(settings, rng, settings.sft, "train", used)
-    ]
-    rng = random.Random(f"{settings.seed}:pairs")
-    pair_tasks = _draw_tasks(settings, rng, settings.pairs, "train", used)
-    sets["pairs"] = [_pair(t, settings, rng) for t in pair_tasks]
-    ranking_tasks = _draw_tasks(settings, rng, settings.rankings, "train", used)
-    sets["pairs"] += [_ranking(t, settings, rng) for t in ranking_tasks]
-    sets["ppo"] = prompts(draw("ppo", settings.ppo_prompts, "train"))
-    rng = random.Random(f"{settings.seed}:pretrain")
+    sets = {"eval": prompts(draw(stream("eval"), settings.eval_prompts, "eval"))}
+    rng = stream("sft")
+    sets["sft"] = [_demonstration(t, settings, rng) for t in draw(rng, settings.sft)]
+    rng = stream("pairs")
+    sets["pairs"] = [_pair(t, settings, rng) for t in draw(rng, settings.pairs)]
+    sets["pairs"] += [_ranking(t, settings, rng) for t in draw(rng, settings.rankings)]
+    sets["ppo"] = prompts(draw(stream("ppo"), settings.ppo_prompts))
+    rng = stream("pretrain")
     sets["pretrain"] = [{"text": _document(settings, rng)} for _ in range(settings.pretrain_docs)]
-    sets["dev"] = prompts(draw("dev", settings.dev_prompts, "dev"))
-    sets["refresh"] = prompts(draw("refresh", settings.refresh_prompts, "refresh"))
+    sets["dev"] = prompts(draw(stream("dev"), settings.dev_prompts, "dev"))
+    sets["refresh"] = prompts(draw(stream("refresh"), settings.refresh_prompts, "refresh"))
     if settings.fresh_seed is not None:
         evaluated = {row["prompt"] for row in sets["eval"]}
         other = _draw_tasks(

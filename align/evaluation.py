@@ -144,6 +144,7 @@ def best_of_n(
     chosen = [max(range(i * n, (i + 1) * n), key=scores.__getitem__) for i in range(len(prompts))]
     figures = {
         f"{name}_of_{n}_{score_name}": statistics.fmean(scores[i] for i in chosen),
+        f"{name}_of_{n}_pool_{score_name}": statistics.fmean(scores),  # what the pick was drawn from
         f"{name}_of_{n}_kl": best_of_n_kl(n),
     }
     if synthetic:

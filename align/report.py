@@ -16,6 +16,7 @@ artifact (`align.health`: which stage to fix), then the policies' figures, and t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,7 @@ def _best_of_n(metrics: dict[str, Any], what: str) -> list[tuple[float, float]]:
     points = [
         (metrics[key.replace(f"_{what}", "_kl")], metrics[key])
         for key in metrics
-        if key.startswith("best_of_") and key.endswith(f"_{what}")
+        if re.fullmatch(rf"best_of_\d+_{what}", key)  # not the pool a pick came from
     ]
     if not points or sampled is None:
         return []

@@ -20,7 +20,8 @@ from tests.conftest import REPO, invoke
 def test_eval_records_best_of_n_and_overlap_figures(micro_evaluated: Path) -> None:
     sft = load_artifact(micro_evaluated / "sft").metrics
     assert 0 < sft["best_of_2_kl"] <= math.log(2)  # never more than the n-fold sampling it costs
-    assert sft["best_of_2_rm_score"] > sft["rm_score_sampled"]  # picking the RM's favourite of 2 helps the RM
+    # the RM's favourite of 2 beats the 2 it was picked from (another sample set may not: sampling noise)
+    assert sft["best_of_2_rm_score"] > sft["best_of_2_pool_rm_score"]
     assert 0 <= sft["bleu_sampled"] <= 100 and 0 <= sft["rougeL_sampled"] <= 1
     for policy in ("ppo", "dpo"):
         metrics = load_artifact(micro_evaluated / policy).metrics

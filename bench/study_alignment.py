@@ -168,17 +168,16 @@ def main() -> None:
         ],
         "onpolicy": onpolicy_rm_accuracy(runs, work),
     }
-    fresh = FRESH
     settings = json.loads(Path("data/synthetic/settings.json").read_text())["settings"]
     results["fresh_prompts"] = {
         "seed": settings["fresh_seed"],
-        "prompts": len(fresh.read_text().splitlines()),
+        "prompts": len(FRESH.read_text().splitlines()),
     }
     for name in FRESH_POLICIES:
         policy = runs / "sft" if name == "sft" else work / name
         controls = ["--best-of-n", "4", "--shortest-of-n", "4"] if name == "sft" else []
         results["fresh_prompts"][name] = evaluate(
-            policy, runs, work / f"{name}-fresh-eval.json", "--prompts", str(fresh), *controls
+            policy, runs, work / f"{name}-fresh-eval.json", "--prompts", str(FRESH), *controls
         )
     results["summary"] = summarise(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

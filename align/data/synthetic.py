@@ -106,6 +106,7 @@ class Task:
     prompt: str
     answer: str
     flaw: str  # the flawed answer a careless demonstrator gives
+    region: str  # where the task may appear: `region_of` its key
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Family:
         prompt = self.prompt(rng)
         task = task_of(prompt)
         assert task is not None, prompt  # every family's phrasings are in the grammar
-        return Task(task.family, prompt, task.answer, task.flaw)
+        return Task(task.family, prompt, task.answer, task.flaw, region_of(task))
 
 
 def _words(rng: random.Random, low: int, high: int) -> str:

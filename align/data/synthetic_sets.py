@@ -38,8 +38,6 @@ from align.data.synthetic import (
     WORDS,
     Task,
     gold_score,
-    region_of,
-    task_of,
 )
 from align.errors import ConfigError
 
@@ -149,7 +147,7 @@ def _draw_tasks(
                 f"the task families ran out of distinct {region} prompts after {len(tasks)} of {n}; ask for fewer rows"
             )
         task = FAMILIES[settings.families[len(tasks) % len(settings.families)]].make(rng)
-        if task.prompt not in used and region_of(task_of(task.prompt)) == region:
+        if task.prompt not in used and task.region == region:
             used.add(task.prompt)
             tasks.append(task)
     return tasks
@@ -265,7 +263,7 @@ def _document(settings: SynthSettings, rng: random.Random) -> str:
     lines, count = [], rng.randint(3, 6)
     while len(lines) < count:
         task = FAMILIES[rng.choice(settings.families)].make(rng)
-        if region_of(task_of(task.prompt)) == "train":
+        if task.region == "train":
             statement = task.prompt.rstrip("?.")
             lines.append(rng.choice(CORPUS_FORMS).format(statement, task.answer))
     return "\n".join(lines)

@@ -203,10 +203,12 @@ class ArtifactWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        """On failure keep the work directory only if it holds a checkpoint worth resuming."""
+        """On failure keep the work directory only if it holds work worth resuming: a checkpoint, or an
+        artifact committed inside it (a round of `align rounds`)."""
         resumable = self.checkpoints_dir.is_dir() and any(
             p.is_dir() and p.name.startswith(("checkpoint-", "step-")) for p in self.checkpoints_dir.iterdir()
         )
+        resumable = resumable or any(is_artifact(p) for p in self.work_dir.glob("*/*"))
         if exc_type is not None and self.work_dir.exists() and (self.rank != 0 or not resumable):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 

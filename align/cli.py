@@ -80,7 +80,13 @@ OPTIONS: dict[str, Any] = {
     "steps": _option(int | None, "--steps", hidden=True, help="Old name of --max-steps."),
     "beta": _option(float | None, help="Strength of the pull to the reference (KL coefficient)."),
     "loss_type": _option(str | None, help="sigmoid (DPO), ipo, hinge, robust, ..."),
-    "rounds": _option(int | None, help="Iterative DPO: rounds of sample, judge, train (0: offline)."),
+    "rounds": _option(
+        int | None, help="Rounds of sample, judge, train (dpo: 0 is offline; rounds: refreshes after PPO)."
+    ),
+    "refresh_prompts": _option(str | None, help="Prompts each refresh round takes a fresh slice of."),
+    "judge": _option(
+        str | None, help="`module:function` ranking each round's samples (simulated annotators)."
+    ),
     "num_generations": _option(int | None, help="Responses sampled per prompt."),
     "n": _option(int | None, help="Responses sampled per prompt."),
     "temperature": _option(float | None, help="Sampling temperature."),

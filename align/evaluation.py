@@ -22,7 +22,7 @@ import torch
 from align.artifacts import update_metrics
 from align.config import EvalConfig
 from align.data import load_data
-from align.data.synthetic import family_of, flaw_of, gold_reward, parse_task
+from align.data.synthetic import FAMILIES, family_of, flaw_of, gold_reward, parse_task
 from align.decoding.generate import Decoding, decode_response, generate_ids, sample_texts
 from align.decoding.logprobs import sequence_kl
 from align.errors import DataError
@@ -189,7 +189,7 @@ def win_rate(scores: list[float], baseline: list[float]) -> dict[str, float]:
     rate = statistics.fmean(outcomes)
     return {
         "win_rate": rate,
-        "ci95": 1.96 * statistics.pstdev(outcomes) / math.sqrt(len(outcomes)),
+        "ci95": ci95(outcomes),
         "wins": sum(o == 1.0 for o in outcomes),
         "ties": sum(o == 0.5 for o in outcomes),
         "losses": sum(o == 0.0 for o in outcomes),
@@ -241,19 +241,38 @@ def response_summary(name: str, responses: list[str], eos: str) -> dict[str, flo
 
 
 def gold_summary(name: str, prompts: list[str], responses: list[str]) -> dict[str, Any]:
-    """Mean gold with its 95 % interval, per family, and the share of responses by what they did
-    (`flaw_of`: clean, chatter, the family's flaw...), so a gain shows which flaw it removed."""
+    """Mean gold with its 95 % interval, overall and per family; the share of responses by what they did
+    (`flaw_of`: clean, chatter, the family's flaw...), so a gain shows which flaw it removed; and per
+    family the share of its prompts answered with that family's own flaw (harmful: compliance), with
+    its interval, so "did not rise" can be tested against SFT."""
     scores = gold_reward(prompts, responses)
+    flaws = [flaw_of(p, r) for p, r in zip(prompts, responses, strict=True)]
     by_family: dict[str, list[float]] = defaultdict(list)
-    for prompt, score in zip(prompts, scores, strict=True):
-        by_family[family_of(prompt)].append(score)
-    flaws = Counter(flaw_of(p, r) for p, r in zip(prompts, responses, strict=True))
+    own_flaw: dict[str, list[float]] = defaultdict(list)
+    for prompt, score, flaw in zip(prompts, scores, flaws, strict=True):
+        family = family_of(prompt)
+        by_family[family].append(score)
+        if family in FAMILIES:
+            own_flaw[family].append(float(flaw == FAMILIES[family].flaw_kind))
+    counts = Counter(flaws)
     return {
         f"gold_{name}": statistics.fmean(scores),
-        f"gold_{name}_ci95": 1.96 * statistics.pstdev(scores) / math.sqrt(len(scores)),
-        f"gold_{name}_by_family": {f: round(statistics.fmean(s), 4) for f, s in sorted(by_family.items())},
-        f"flaws_{name}": {kind: round(count / len(prompts), 4) for kind, count in flaws.most_common()},
+        f"gold_{name}_ci95": ci95(scores),
+        f"gold_{name}_by_family": _rounded({f: statistics.fmean(s) for f, s in sorted(by_family.items())}),
+        f"gold_{name}_by_family_ci95": _rounded({f: ci95(s) for f, s in sorted(by_family.items())}),
+        f"flaws_{name}": {kind: round(count / len(prompts), 4) for kind, count in counts.most_common()},
+        f"own_flaw_{name}_by_family": _rounded({f: statistics.fmean(s) for f, s in sorted(own_flaw.items())}),
+        f"own_flaw_{name}_by_family_ci95": _rounded({f: ci95(s) for f, s in sorted(own_flaw.items())}),
     }
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the normal 95 % interval of the mean."""
+    return 1.96 * statistics.pstdev(values) / math.sqrt(len(values))
+
+
+def _rounded(figures: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in figures.items()}
 
 
 def reward_model_report(scorer: Any, rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:

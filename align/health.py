@@ -6,6 +6,7 @@ so a user reads which stage to fix (`align report` prints them as its Health sec
 | sft | the training loss did not fall, or the held-out perplexity is missing or not finite |
 | rm | held-out pair accuracy below 0.6 (chance is 0.5); accuracy in the surest quarter of margins below the least sure one (miscalibrated); scores correlating with length above 0.3; gold-ranking accuracy below 0.75 where the prompts have a gold |
 | ppo, grpo, rloo, dpo | KL to the SFT policy above 10 nats (or twice `ppo.target_kl`); entropy collapsed below a fifth of step 1's; an over-optimisation monitor tripped; the validation judge fell while the reward rose; the run stopped early |
+| rounds | as ppo, for the last round; and a round whose RM ranked the policy's new pairs well below its own held-out pairs (a blind spot the refresh had to remove) |
 """
 
 from __future__ import annotations
@@ -87,6 +88,31 @@ def _policy(m: dict[str, Any], artifact: Artifact) -> tuple[list[str], list[str]
     return problems, notes
 
 
+BLIND_SPOT_GAP = 0.05  # the RM's accuracy on the policy's new pairs this far below its own held-out: ⚠
+
+
+def blind_spot(entry: dict[str, Any]) -> bool:
+    """A round's RM ranked the policy's new answers well below its own held-out pairs."""
+    own, before = entry.get("rm_accuracy_own_held_out"), entry.get("rm_accuracy_before")
+    return own is not None and before is not None and own - before > BLIND_SPOT_GAP
+
+
+def _rounds(m: dict[str, Any], artifact: Artifact) -> tuple[list[str], list[str]]:
+    """The last round's PPO checks, then each refresh's blind-spot figures: the RM's accuracy on the
+    policy's new pairs before the refresh, beside its own held-out accuracy, and the new RM's after."""
+    problems, notes = _policy(m, artifact)
+    for entry in m.get("rounds", [])[1:]:
+        line = (
+            f"round {entry['round']}: RM {entry['rm_accuracy_before']:.2f} on the policy's new pairs "
+            f"(own held-out {entry['rm_accuracy_own_held_out']:.2f}), refreshed {entry['rm_accuracy_after']:.2f}"
+        )
+        if blind_spot(entry):
+            problems.append(f"{line}: the RM has a blind spot on this policy's outputs: refresh it")
+        else:
+            notes.append(line)
+    return problems, notes
+
+
 _PROXY = ("score", "kl", "rlhf_reward", "entropy", "eos_rate", "beta", "approxkl", "clipfrac")
 _CHECKS = {
     "pretrain": _sft,
@@ -96,4 +122,5 @@ _CHECKS = {
     "dpo": _policy,
     "grpo": _policy,
     "rloo": _policy,
+    "rounds": _rounds,
 }

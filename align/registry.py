@@ -114,6 +114,23 @@ STAGES: dict[str, Stage] = {
             {"model": "sft", "reward_model": "rm"},
         ),
         Stage(
+            "rounds",
+            configs.RoundsConfig,
+            "Iterated RLHF: PPO, then rounds of judging the policy's answers, refreshing the RM on them "
+            "and PPO against it (KL always to the SFT policy).",
+            {
+                **_COMMON,
+                "reward_model": "reward_model",
+                "data": "data",
+                "prompts": "prompts",
+                "refresh_prompts": "refresh_prompts",
+                "judge": "judge",
+                "rounds": "rounds",
+                "seed": "seed",
+            },
+            {"model": "sft", "reward_model": "rm"},
+        ),
+        Stage(
             "dpo",
             configs.DPOConfig,
             "Direct preference optimisation of the SFT policy on pairs (with --rounds: on pairs it samples "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -232,6 +232,7 @@ class PPOConfig(Judged):
     validation_reward_model: str | None = None  # or an RM artifact (a held-out ensemble member, a second RM)
     prompts: str = ""  # prompts file (or a pairs/sft file: its prompts)
     ptx_data: str | None = None  # SFT data (demonstrations) whose LM loss PPO-ptx mixes in
+    init_adapter: str | None = None  # a PPO artifact of this `model`: the policy starts from its adapter
     output: str = ""
     limit: int | None = Field(None, ge=1)
     critic: Literal["auto", "rm_lora", "rm_copy", "policy_copy"] = "auto"  # see stages/ppo/networks.py
@@ -259,6 +260,50 @@ class PPOConfig(Judged):
         require(
             not needs or (judged and self.ppo.validation_every > 0),
             "ppo.keep_best and ppo.early_stop_patience need a validation judge and ppo.validation_every > 0",
+        )
+        require(self.init_adapter is None or self.lora.enabled, "init_adapter continues a LoRA policy")
+        return self
+
+
+class RoundsConfig(Settings):
+    """`align rounds`: iterated RLHF. Round 0 is PPO against `reward_model`; each refresh round then has
+    the current policy answer a fresh slice of `refresh_prompts`, the judge rank the answers, an RM
+    trained on `data` and every round's pairs so far, and PPO against it, continuing the last round's
+    policy (or, with `restart`, from the SFT policy); the KL is always to `model`, the SFT policy."""
+
+    model: str = ""  # SFT artifact: the policy every round's KL is measured against
+    reward_model: str = ""  # round 0's RM
+    data: str = ""  # the pairs that RM was trained on; every refreshed RM trains on them too
+    prompts: str = ""  # PPO's prompts
+    refresh_prompts: str = ""  # the pool each refresh round takes a fresh slice of
+    judge: str = ""  # `module:function` ranking the samples (the simulated annotators), or `people`
+    output: str = ""
+    rounds: int = Field(2, ge=0)  # refresh rounds after round 0
+    steps: list[int] = [50, 50, 50]  # PPO iterations of round 0 and of each refresh round
+    restart: bool = False  # each round's PPO from the SFT policy instead of the last round's
+    # who answers the refresh prompts: the current policy (on-policy data), or the SFT policy, the
+    # control that tells on-policy data from more data
+    samples_from: Literal["policy", "sft"] = "policy"
+    holdout: float = Field(
+        0.2, gt=0.0, lt=1.0
+    )  # each round's judged pairs kept from training: the blind spot
+    seed: int = 0
+    ppo_recipe: str = ""  # the PPO recipe each round runs (its model, RM, prompts and output are wired)
+    rm_recipe: str = ""  # the RM recipe each refresh trains by
+    overrides: dict[Literal["ppo", "rm"], dict[str, Any]] = {}  # e.g. {ppo: {ppo.kl_coef: 0.2}}
+    sampling: PairSampling = PairSampling(prompts_per_round=400, label_noise=0.1, pairs="all")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _inputs(self) -> RoundsConfig:
+        require_paths(self, "model", "reward_model", "data", "prompts", "output", "ppo_recipe", "rm_recipe")
+        require(
+            self.rounds == 0 or bool(self.refresh_prompts and self.judge),
+            "refresh rounds need refresh_prompts and a judge",
+        )
+        require(
+            len(self.steps) == self.rounds + 1 and min(self.steps) >= 1,
+            f"steps needs one PPO step count >= 1 per round: {self.rounds + 1} values",
         )
         return self
 
@@ -320,6 +365,7 @@ __all__ = [
     "PPOSettings",
     "PPOTrainSettings",
     "PPOConfig",
+    "RoundsConfig",
     "PretrainConfig",
     "EvalConfig",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from align import trackers
-from align.artifacts import Artifact, ArtifactWriter
+from align.artifacts import Artifact, ArtifactWriter, load_artifact
 from align.config import PPOConfig, to_dict
 from align.data import Dataset, load_data
 from align.data.splits import hold_out
@@ -71,6 +71,8 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         writer.record_data(prompt_data)
         writer.metrics = summary
         writer.record_judge(networks.reward_artifact, config.reward)
+        if config.init_adapter is not None:  # the round this one continues
+            writer.add_parent(load_artifact(config.init_adapter))
         writer.extra["dropout_disabled"] = networks.dropout_disabled
         if ptx_info:
             writer.extra["ptx_data"] = ptx_info

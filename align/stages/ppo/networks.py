@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from align.artifacts import Artifact
+from align.artifacts import Artifact, load_artifact
 from align.config import PPOConfig
 from align.errors import ConfigError
 from align.models import ModelSource, disable_dropout, load_policy, lora_config
@@ -93,10 +93,28 @@ def _policy(
     if not config.lora.enabled:
         reference = copy.deepcopy(sft).eval().requires_grad_(False)
         return sft, lambda: nullcontext(reference), reference
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
 
-    policy = get_peft_model(sft, lora_config(config.lora, sft))
+    if config.init_adapter is None:
+        policy = get_peft_model(sft, lora_config(config.lora, sft))
+    else:
+        adapter = _continued_adapter(config.init_adapter, source)
+        policy = PeftModel.from_pretrained(sft, str(adapter.model_dir), is_trainable=True)
     return policy, lambda: _adapters_off(policy), None
+
+
+def _continued_adapter(name: str, source: ModelSource) -> Artifact:
+    """The PPO artifact a policy continues (iterated RLHF): a LoRA adapter trained on `source` itself, so
+    that with the adapter off the reference is still `source`, not the policy being continued."""
+    artifact = load_artifact(name, expect_stage="ppo")
+    base = artifact.parent(artifact.manifest.get("base_model", {}).get("stage", ""))
+    if artifact.manifest.get("model_format") != "lora" or base is None or source.artifact is None:
+        raise ConfigError(f"init_adapter {name}: not a LoRA PPO artifact of an artifact policy")
+    if base.sha256 != source.artifact.sha256:
+        raise ConfigError(
+            f"init_adapter {name}: its adapter was trained on {base.path}, not on {source.name}"
+        )
+    return artifact
 
 
 def _critic(

@@ -1,0 +1,194 @@
+"""Iterated RLHF: the reward model refreshed on what the policy now says, round after round.
+
+    align rounds --recipe recipes/tiny/rounds.yaml
+
+Round 0 is PPO against the given RM. Each refresh round then:
+1. the current policy answers a fresh slice of `refresh_prompts` (`sampling.n` answers each);
+2. the judge ranks them (the simulated annotators: a reward function with label noise), and a
+   `holdout` share of the prompts' pairs is kept aside;
+3. the current RM's accuracy on those held-out pairs is measured against its accuracy on its own
+   held-out pairs: far below means the RM has a blind spot on this policy's outputs;
+4. a new RM is trained from the SFT policy on the original pairs and every round's training pairs so
+   far, and measured on the same held-out pairs;
+5. PPO runs against it, continuing the last round's LoRA adapter (or, with `restart`, from the SFT
+   policy), with its KL always to the SFT policy.
+
+Each round's artifacts sit under the run as `round-<k>/{pairs,rm,ppo}`, each committed on its own, so
+`--resume` reuses every finished one and resumes an interrupted PPO or RM from its last checkpoint.
+Each round samples and trains with its own seed (`seed + 1000 k`) and names its pair groups
+`round-<k>/...`. The artifact's policy is the last round's (`model_dir` points at its adapter).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from align.artifacts import Artifact, ArtifactWriter, load_artifact
+from align.config import PairsConfig, PPOConfig, RMConfig, RoundsConfig, build_config, to_dict
+from align.data import load_data
+from align.data.splits import by_group, hold_out
+from align.errors import ConfigError
+from align.evaluation import reward_model_report
+from align.health import blind_spot
+from align.models import record_base, resolve_model
+from align.registry import STAGES
+from align.rewards import RewardModel
+from align.text.encoding import tokenize_pairs
+
+
+def run(config: RoundsConfig, resume: bool = False) -> Artifact:
+    sft = resolve_model(config.model)
+    reward_model = load_artifact(config.reward_model, expect_stage="rm")
+    refresh = _refresh_slices(config)
+    original = _jsonl(load_data(config.data, "pairs").rows)
+    with ArtifactWriter(config.output, "rounds", to_dict(config), resume) as writer:
+        policy = _ppo(config, writer.work_dir, 0, reward_model, None, resume)
+        history = [_round_record(0, policy, reward_model, None)]
+        training_pairs = original
+        for k, prompts in enumerate(refresh, start=1):
+            folder = writer.work_dir / f"round-{k}"
+            judged, judging = _judged_pairs(config, folder, k, policy, prompts, resume)
+            train, held = hold_out(judged, config.holdout, config.seed + 1000 * k, by_group)
+            training_pairs += _jsonl(train)
+            train_file = _write(folder / "rm-train.jsonl", training_pairs)
+            held_file = _write(folder / "held-out.jsonl", _jsonl(held))
+            before = pair_accuracy(reward_model, held_file)
+            reward_model = _rm(config, folder, k, train_file, held_file, resume)
+            blind_spot = {
+                "held_out_pairs": len(held),
+                "rm_accuracy_own_held_out": _own_accuracy(history[-1]["rm_artifact"]),
+                "rm_accuracy_before": before,
+                "rm_accuracy_after": pair_accuracy(reward_model, held_file),
+            }
+            policy = _ppo(config, writer.work_dir, k, reward_model, policy, resume)
+            history.append(_round_record(k, policy, reward_model, {**judging, **blind_spot}))
+        record_base(writer, sft)
+        writer.add_parent(load_artifact(config.reward_model))
+        writer.extra["model_format"] = "lora"
+        writer.extra["model_dir"] = f"{policy.path.relative_to(writer.work_dir).as_posix()}/model"
+        writer.metrics = summary(history)
+        return writer.commit()
+
+
+def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per round: the comparisons it bought, the blind-spot figures and its PPO's last figures; and the
+    last round's PPO figures as the run's own (Health and report read them)."""
+    rounds = [{key: value for key, value in entry.items() if key != "rm_artifact"} for entry in history]
+    final = dict(history[-1]["ppo_metrics"])
+    final["rounds"] = rounds
+    final["comparisons"] = sum(entry.get("pairs", 0) for entry in rounds)
+    final["blind_spot"] = any(blind_spot(entry) for entry in rounds)
+    return final
+
+
+def pair_accuracy(reward_model: Artifact, pairs_file: Path) -> float:
+    """The share of a pairs file's pairs that the RM ranks as the judge did."""
+    scorer = RewardModel.load(reward_model, "cpu")
+    rows = tokenize_pairs(load_data(str(pairs_file), "pairs"), scorer.tokenizer, 512, 0.0, "keep_end")
+    return round(reward_model_report(scorer, rows, "held")["held_accuracy"], 4)
+
+
+def _round_record(
+    k: int, policy: Artifact, reward_model: Artifact, refresh: dict[str, Any] | None
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"round": k, "ppo": f"round-{k}/ppo", "rm_artifact": reward_model}
+    if refresh is not None:
+        entry.update(rm=f"round-{k}/rm", pairs_artifact=f"round-{k}/pairs", **refresh)
+    metrics = policy.metrics
+    entry["ppo_metrics"] = {
+        key: value for key, value in metrics.items() if not isinstance(value, (dict, list))
+    }
+    return entry
+
+
+def _own_accuracy(reward_model: Artifact) -> float | None:
+    value = reward_model.metrics.get("eval_accuracy")
+    return None if value is None else round(value, 4)
+
+
+def _refresh_slices(config: RoundsConfig) -> list[list[dict[str, Any]]]:
+    """A fresh, disjoint slice of the refresh pool per round."""
+    if not config.rounds:
+        return []
+    pool = load_data(config.refresh_prompts, "prompts").rows
+    size = config.sampling.prompts_per_round or len(pool) // config.rounds
+    if size * config.rounds > len(pool):
+        raise ConfigError(
+            f"{config.refresh_prompts}: {len(pool)} prompts, fewer than {config.rounds} rounds x "
+            f"sampling.prompts_per_round={size}"
+        )
+    return [pool[k * size : (k + 1) * size] for k in range(config.rounds)]
+
+
+def _judged_pairs(
+    config: RoundsConfig, folder: Path, k: int, policy: Artifact, prompts: list[dict[str, Any]], resume: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The current policy's answers to this round's prompts, ranked by the judge; groups named per round."""
+    prompts_file = _write(folder / "prompts.jsonl", _jsonl(prompts))
+    pairs = PairsConfig(
+        model=config.model if config.samples_from == "sft" else str(policy.path),
+        prompts=str(prompts_file),
+        reward=config.judge,
+        output=str(folder / "pairs"),
+        seed=config.seed + 1000 * k,
+        sampling=config.sampling,
+        trust_remote_code=config.trust_remote_code,
+    )
+    artifact = _stage("pairs", pairs, resume)
+    rows = load_data(str(artifact.path), "pairs").rows
+    for row in rows:
+        row["group"] = f"round-{k}/{row['group']}"
+    return rows, artifact.metrics
+
+
+def _rm(config: RoundsConfig, folder: Path, k: int, train: Path, held: Path, resume: bool) -> Artifact:
+    flags = {
+        "model": config.model,
+        "data": str(train),
+        "eval_data": str(held),
+        "output": str(folder / "rm"),
+        "train.seed": config.seed + 1000 * k,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    return _stage(
+        "rm", build_config(RMConfig, config.rm_recipe, {**config.overrides.get("rm", {}), **flags}), resume
+    )
+
+
+def _ppo(
+    config: RoundsConfig, root: Path, k: int, reward_model: Artifact, previous: Artifact | None, resume: bool
+) -> Artifact:
+    flags = {
+        "model": config.model,
+        "reward_model": str(reward_model.path),
+        "prompts": config.prompts,
+        "output": str(root / f"round-{k}" / "ppo"),
+        "init_adapter": None if previous is None or config.restart else str(previous.path),
+        "train.max_steps": config.steps[k],
+        "train.seed": config.seed + 1000 * k,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    settings = build_config(PPOConfig, config.ppo_recipe, {**config.overrides.get("ppo", {}), **flags})
+    return _stage("ppo", settings, resume)
+
+
+def _stage(name: str, config: Any, resume: bool) -> Artifact:
+    """A round's stage: reused when a resumed run finds it committed with this config, else run."""
+    from align.pipeline import up_to_date
+
+    output = Path(config.output)
+    if resume and up_to_date(output, config):
+        return load_artifact(output)
+    return STAGES[name].run(config, resume)
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> list[str]:
+    return [json.dumps(row) + "\n" for row in rows]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,225 @@
+"""Independent chains: the offline default's central claim over chains whose every stage has its own seed
+(pretrain, SFT, RM, PPO, rounds, DPO), not over PPO seeds on one SFT policy and one RM (`make results`).
+
+    python bench/study_chains.py [--chains 0 1 2 3 4] [--split eval] [--policies ...]
+                                 [--cache ~/.cache/align/chains] [--out results/chains.json]
+
+Chain c trains `recipes/tiny`'s pretrain, SFT and RM with seed c, then each policy of `--policies` from
+that SFT policy and RM with seed c, and evaluates it with `align eval` on `--split` (`dev` for choosing,
+`eval` for reporting; `fresh` is another generator seed's prompts): gold sampled and greedy, per family,
+with 95 % intervals, the share of each family answered with its own flaw (harmful: compliance) and the
+KL to the chain's SFT policy. Every artifact and evaluation is cached under `--cache` (outside the work
+tree), so an interrupted study, or one spread over several sessions, continues where it stopped.
+
+A policy "beats" SFT when its gain passes the 95 % interval of the difference of two independent means,
+the rule of bench/demo_cpu.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from harness import align
+
+GOLD = "align.data.synthetic:gold_reward"
+SPLITS = {
+    "eval": "data/synthetic/eval.jsonl",
+    "dev": "data/synthetic/dev.jsonl",
+    "fresh": "data/synthetic/fresh.jsonl",
+}
+BASE = ("pretrain", "sft", "rm")
+
+
+def policies(chain: Path, seed: int) -> dict[str, list[str]]:
+    """Each policy's `align` command from the chain's SFT policy (and RM), seeded with the chain's seed;
+    `ppo_*` and `rounds_*` are the ablations chosen on dev."""
+    sft, rm, s = str(chain / "sft"), str(chain / "rm"), str(seed)
+    ppo = ["ppo", "--recipe", "recipes/tiny/ppo.yaml", "--model", sft, "--seed", s]
+    rounds = ["rounds", "--recipe", "recipes/tiny/rounds.yaml", "--model", sft, "--reward-model", rm]
+    rounds += ["--seed", s]
+    commands = {
+        "ppo": [*ppo, "--reward-model", rm],
+        "ppo_gold": [*ppo, "--reward", GOLD, "--set", "reward_model=null"],
+        "rounds": rounds,
+        "rounds_sft_samples": [*rounds, "--set", "samples_from=sft"],
+        "rounds_restart": [*rounds, "--set", "restart=true"],
+        "dpo": ["dpo", "--recipe", "recipes/tiny/dpo.yaml", "--model", sft, "--seed", s],
+        "sft_chosen": ["sft", "--recipe", "recipes/tiny/sft_chosen.yaml", "--model", sft, "--seed", s],
+    }
+    for beta in ("0.05", "0.1", "0.2", "0.4"):
+        commands[f"ppo_beta{beta}"] = [*ppo, "--reward-model", rm, "--kl-coef", beta]
+    return commands
+
+
+def base_commands(chain: Path, seed: int) -> dict[str, list[str]]:
+    s = str(seed)
+    return {
+        "pretrain": ["pretrain", "--recipe", "recipes/tiny/pretrain.yaml", "--seed", s],
+        "sft": ["sft", "--recipe", "recipes/tiny/sft.yaml", "--model", str(chain / "pretrain"), "--seed", s],
+        "rm": ["rm", "--recipe", "recipes/tiny/rm.yaml", "--model", str(chain / "sft"), "--seed", s],
+    }
+
+
+def trained(command: list[str], output: Path) -> Path:
+    """The artifact, trained unless the cache has it (an interrupted one resumes)."""
+    if not (output / "manifest.json").exists():
+        resume = ["--resume"] if output.with_name(output.name + ".partial").exists() else []
+        if command[0] == "pairs":
+            resume = []
+        print(f"training {output}", flush=True)
+        align(*command, "--output", str(output), *resume)
+    return output
+
+
+def evaluated(policy: Path, chain: Path, split: str, report: Path) -> dict:
+    """`align eval` figures of a policy on a split, cached; SFT also gets best-of-4 and shortest-of-4."""
+    if not report.exists():
+        extra = ["--best-of-n", "4", "--shortest-of-n", "4"] if policy == chain / "sft" else []
+        print(f"evaluating {policy} on {split}", flush=True)
+        align(
+            "eval", "--model", str(policy), "--prompts", SPLITS[split], "--reward-model", str(chain / "rm"),
+            "--reference", str(chain / "sft"), "--limit", "100000", "--json", str(report),
+            "--set", "write_manifest=false", *extra,
+        )  # fmt: skip
+    return json.loads(report.read_text())
+
+
+def beats(policy: dict, baseline: dict, name: str) -> bool:
+    gain = policy[f"gold_{name}"] - baseline[f"gold_{name}"]
+    return gain > math.hypot(policy[f"gold_{name}_ci95"], baseline[f"gold_{name}_ci95"])
+
+
+def chain_verdict(policy: dict, sft: dict) -> dict:
+    """Against the chain's own SFT: beats it sampled and greedy; families that fall below it by more than
+    their interval; whether harmful compliance rises beyond its interval."""
+    falls = []
+    for name in ("sampled", "greedy"):
+        mine, base = policy[f"gold_{name}_by_family"], sft[f"gold_{name}_by_family"]
+        ci, base_ci = policy[f"gold_{name}_by_family_ci95"], sft[f"gold_{name}_by_family_ci95"]
+        falls += [f"{f} ({name})" for f in base if base[f] - mine[f] > math.hypot(ci[f], base_ci[f])]
+    rises = {}
+    for name in ("sampled", "greedy"):
+        mine, base = (
+            policy[f"own_flaw_{name}_by_family"]["harmful"],
+            sft[f"own_flaw_{name}_by_family"]["harmful"],
+        )
+        interval = math.hypot(
+            policy[f"own_flaw_{name}_by_family_ci95"]["harmful"],
+            sft[f"own_flaw_{name}_by_family_ci95"]["harmful"],
+        )
+        rises[name] = mine - base > interval
+    return {
+        "beats_sft_sampled": beats(policy, sft, "sampled"),
+        "beats_sft_greedy": beats(policy, sft, "greedy"),
+        "families_below_sft": falls,
+        "harmful_compliance_rises": rises,
+    }
+
+
+KEPT = ("gold_sampled", "gold_sampled_ci95", "gold_greedy", "gold_greedy_ci95", "kl_to_reference")
+KEPT += ("gold_sampled_by_family", "gold_greedy_by_family", "own_flaw_sampled_by_family")
+KEPT += ("own_flaw_greedy_by_family", "best_of_4_gold", "shortest_of_4_gold", "rm_score_sampled")
+
+
+def run_chain(seed: int, cache: Path, names: list[str], split: str) -> dict:
+    chain = cache / f"chain-{seed}"
+    for stage, command in base_commands(chain, seed).items():
+        trained(command, chain / stage)
+    evals = chain / "evals"
+    evals.mkdir(exist_ok=True)
+    sft = evaluated(chain / "sft", chain, split, evals / f"sft-{split}.json")
+    results = {"sft": {k: v for k, v in sft.items() if k in KEPT}}
+    commands = policies(chain, seed)
+    for name in names:
+        artifact = trained(commands[name], chain / name)
+        figures = evaluated(artifact, chain, split, evals / f"{name}-{split}.json")
+        results[name] = {k: v for k, v in figures.items() if k in KEPT}
+        results[name]["verdict"] = chain_verdict(figures, sft)
+        rounds = json.loads((artifact / "manifest.json").read_text())["metrics"].get("rounds")
+        if rounds:
+            results[name]["rounds"] = [{k: v for k, v in r.items() if k != "ppo_metrics"} for r in rounds]
+        print(seed, name, round(figures["gold_sampled"], 3), round(figures["gold_greedy"], 3), flush=True)
+    return results
+
+
+def over_chains(chains: dict[str, dict], names: list[str]) -> dict:
+    """Mean gain over SFT with the interval of the mean (t over chains, normal for 5+); the share of the
+    ceiling's sampled gain each policy reaches, overall and per family."""
+    summary = {}
+    for name in names:
+        gains = {
+            kind: [c[name][f"gold_{kind}"] - c["sft"][f"gold_{kind}"] for c in chains.values()]
+            for kind in ("sampled", "greedy")
+        }
+        summary[name] = {
+            "chains": len(chains),
+            **{f"gain_{kind}": _mean_interval(values) for kind, values in gains.items()},
+            "beats_sft_every_chain": all(
+                c[name]["verdict"]["beats_sft_sampled"] and c[name]["verdict"]["beats_sft_greedy"]
+                for c in chains.values()
+            ),
+        }
+        if "ppo_gold" in names and name != "ppo_gold":
+            ceiling = [c["ppo_gold"]["gold_sampled"] - c["sft"]["gold_sampled"] for c in chains.values()]
+            summary[name]["share_of_ceiling_gain"] = round(
+                statistics.fmean(gains["sampled"]) / statistics.fmean(ceiling), 3
+            )
+            families = next(iter(chains.values()))["sft"]["gold_sampled_by_family"]
+            summary[name]["share_of_ceiling_gain_by_family"] = {
+                f: round(
+                    statistics.fmean(
+                        c[name]["gold_sampled_by_family"][f] - c["sft"]["gold_sampled_by_family"][f]
+                        for c in chains.values()
+                    )
+                    / max(
+                        1e-9,
+                        statistics.fmean(
+                            c["ppo_gold"]["gold_sampled_by_family"][f] - c["sft"]["gold_sampled_by_family"][f]
+                            for c in chains.values()
+                        ),
+                    ),
+                    3,
+                )
+                for f in families
+            }
+    return summary
+
+
+def _mean_interval(values: list[float]) -> dict:
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {
+        "mean": round(mean, 4),
+        "ci95": round(half, 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chains", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--split", choices=tuple(SPLITS), default="eval")
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=["ppo", "rounds", "rounds_sft_samples", "ppo_gold", "dpo", "sft_chosen"],
+    )
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/align/chains")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    chains = {str(seed): run_chain(seed, args.cache, args.policies, args.split) for seed in args.chains}
+    results = {"split": args.split, "prompts": SPLITS[args.split], "chains": chains}
+    results["summary"] = over_chains(chains, args.policies)
+    out = args.out or Path(f"results/chains_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

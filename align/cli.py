@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from align.errors import handled
+from align.errors import ConfigError, handled
 from align.logs import configure_logging, console, quiet_libraries
 from align.registry import STAGES, Stage
 
@@ -72,6 +72,9 @@ OPTIONS: dict[str, Any] = {
     ),
     "validation_reward_model": _option(
         str | None, help="RM artifact judging each step's rollouts, never optimised."
+    ),
+    "monitor_reward": _option(
+        str | None, help="`module:function` logged per step and nothing else (e.g. the synthetic gold)."
     ),
     "prompts": _option(str | None, help="Prompts file (a pairs or sft file also serves)."),
     "margin": _option(float | None, help="Required score gap in the Bradley-Terry loss."),
@@ -346,9 +349,12 @@ Judge = (_option(str | None, "--reward", help="Judge headless with a reward `mod
 @app.command()
 @handled
 def label(
-    model: _option(str, help="Policy whose responses are ranked."),
-    data: PromptsFile,
-    output: _option(Path, "--output", "-o", help="Rankings file (appended; resumes)."),
+    model: _option(str | None, help="Policy whose responses are ranked.") = None,
+    data: _option(str | None, help="Prompts file (a pairs or sft file also serves).") = None,
+    output: _option(Path | None, "--output", "-o", help="Rankings file (appended; resumes).") = None,
+    round_: _option(
+        Path | None, "--round", help="A round of `align rounds` waiting for people: its saved answers."
+    ) = None,
     k: _option(int, help="Responses per prompt.") = 4,
     limit: FirstN = None,
     temperature: Temperature = 1.0,
@@ -362,11 +368,17 @@ def label(
     reward_model: Judge[1] = None,
     ensemble_objective: EnsembleObjective = None,
 ) -> None:
-    """Rank K sampled responses per prompt in the browser; rows feed `align rm` unchanged."""
-    from align.feedback import label_task, run_task
+    """Rank K sampled responses per prompt in the browser; rows feed `align rm` unchanged. With --round,
+    the answers a paused `align rounds` saved, into that round's label file."""
+    from align.feedback import label_task, round_label_task, run_task
 
     quiet_libraries()
-    task = label_task(model, data, output, k, limit, temperature, max_new_tokens, seed, annotator)
+    if round_ is not None:
+        task = round_label_task(round_, annotator)
+    elif model and data and output:
+        task = label_task(model, data, output, k, limit, temperature, max_new_tokens, seed, annotator)
+    else:
+        raise ConfigError("give --model, --data and --output, or --round (a round waiting for labels)")
     names = annotators.split(",") if annotators else []
     run_task(task, "label.html", host, port, (reward, reward_model, ensemble_objective), typer.echo, names)
 

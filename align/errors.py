@@ -25,6 +25,10 @@ class ArtifactError(AlignError):
     """An artifact directory that is missing, of the wrong stage, or corrupt."""
 
 
+class Paused(AlignError):
+    """The run waits for something only people can give (labels); `--resume` continues it. Exit code 3."""
+
+
 class TrainingDiverged(AlignError):
     """The loss became NaN or infinite; the last good checkpoint is kept for --resume."""
 
@@ -42,6 +46,9 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
     def command(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except Paused as exc:
+            typer.echo(f"paused: {exc}", err=True)
+            raise typer.Exit(3) from None
         except AlignError as exc:
             if os.environ.get("ALIGN_DEBUG"):
                 raise  # the traceback, for a user debugging their own reward function or data

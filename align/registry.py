@@ -107,6 +107,7 @@ STAGES: dict[str, Stage] = {
                 **_JUDGED,
                 "validation_reward": "validation_reward",
                 "validation_reward_model": "validation_reward_model",
+                "monitor_reward": "monitor_reward",
                 "kl_coef": "ppo.kl_coef",
                 "critic": "critic",
                 "steps": "ppo.steps",  # the earlier name of --max-steps, still read (with a notice)

@@ -88,6 +88,29 @@ def evaluated(policy: Path, chain: Path, split: str, report: Path) -> dict:
     return json.loads(report.read_text())
 
 
+def label_efficiency(artifact: Path, chain: Path, split: str, rounds: list[dict], name: str) -> list[dict]:
+    """Per round: the comparisons bought so far (the original pairs' count first), the blind-spot
+    figures, and the gold of that round's policy on the split: gold against comparisons."""
+    bought = json.loads((chain / "rm/manifest.json").read_text())["data"]["rows"]
+    curve = []
+    for entry in rounds:
+        bought += entry.get("pairs", 0)
+        policy = artifact / entry["ppo"]
+        figures = evaluated(
+            policy, chain, split, chain / "evals" / f"{name}-round{entry['round']}-{split}.json"
+        )
+        kept = {k: v for k, v in entry.items() if k not in ("ppo_metrics", "ppo", "rm", "pairs_artifact")}
+        curve.append(
+            {
+                **kept,
+                "comparisons_so_far": bought,
+                "gold_sampled": figures["gold_sampled"],
+                "gold_greedy": figures["gold_greedy"],
+            }
+        )
+    return curve
+
+
 def beats(policy: dict, baseline: dict, name: str) -> bool:
     gain = policy[f"gold_{name}"] - baseline[f"gold_{name}"]
     return gain > math.hypot(policy[f"gold_{name}_ci95"], baseline[f"gold_{name}_ci95"])
@@ -141,7 +164,7 @@ def run_chain(seed: int, cache: Path, names: list[str], split: str) -> dict:
         results[name]["verdict"] = chain_verdict(figures, sft)
         rounds = json.loads((artifact / "manifest.json").read_text())["metrics"].get("rounds")
         if rounds:
-            results[name]["rounds"] = [{k: v for k, v in r.items() if k != "ppo_metrics"} for r in rounds]
+            results[name]["rounds"] = label_efficiency(artifact, chain, split, rounds, name)
         print(seed, name, round(figures["gold_sampled"], 3), round(figures["gold_greedy"], 3), flush=True)
     return results
 

@@ -230,6 +230,9 @@ class PPOConfig(Judged):
     model: str = ""  # SFT artifact (the policy and, adapters disabled, the reference)
     validation_reward: str | None = None  # a `module:function` judging each step's rollouts, never optimised
     validation_reward_model: str | None = None  # or an RM artifact (a held-out ensemble member, a second RM)
+    monitor_reward: str | None = (
+        None  # a `module:function` logged per step (the synthetic gold); chooses nothing
+    )
     prompts: str = ""  # prompts file (or a pairs/sft file: its prompts)
     ptx_data: str | None = None  # SFT data (demonstrations) whose LM loss PPO-ptx mixes in
     init_adapter: str | None = None  # a PPO artifact of this `model`: the policy starts from its adapter
@@ -277,6 +280,7 @@ class RoundsConfig(Settings):
     prompts: str = ""  # PPO's prompts
     refresh_prompts: str = ""  # the pool each refresh round takes a fresh slice of
     judge: str = ""  # `module:function` ranking the samples (the simulated annotators), or `people`
+    double_share: float = Field(0.1, ge=0.0, le=1.0)  # people: items two annotators judge (agreement)
     output: str = ""
     rounds: int = Field(2, ge=0)  # refresh rounds after round 0
     steps: list[int] = [50, 50, 50]  # PPO iterations of round 0 and of each refresh round

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from align.decoding.generate import Decoding
 from align.errors import ConfigError
-from align.feedback.tasks import ArenaTask, FeedbackTask, LabelTask, PolicyAnswers
+from align.feedback.tasks import ArenaTask, FeedbackTask, LabelTask, PolicyAnswers, SavedAnswers
 
 
 def label_task(
@@ -30,6 +30,26 @@ def label_task(
         raise ConfigError("--k must be >= 2")
     policy = PolicyAnswers(model, _decoding(temperature, max_new_tokens), seed)
     return LabelTask(*_inputs(data, limit, output), annotator, sampler=policy, k=k)
+
+
+def round_label_task(folder: str | Path, annotator: str = "anonymous") -> LabelTask:
+    """The label task of a round of `align rounds` whose judge is people: its saved answers, its label
+    file, and the items two annotators judge."""
+    from align.feedback.store import JudgementLog
+    from align.stages.rounds import LABELS, SAMPLES
+
+    folder = Path(folder)
+    if not (folder / SAMPLES).is_file():
+        raise ConfigError(f"{folder}: no {SAMPLES}; not a round of `align rounds` waiting for labels")
+    rows = [json.loads(line) for line in (folder / SAMPLES).read_text(encoding="utf-8").splitlines()]
+    return LabelTask(
+        [row["prompt"] for row in rows],
+        JudgementLog(folder / LABELS),
+        annotator,
+        sampler=SavedAnswers(rows, rows[0]["eos"]),
+        k=len(rows[0]["responses"]),
+        double=frozenset(row["item"] for row in rows if row["judgements"] > 1),
+    )
 
 
 def arena_task(

@@ -57,7 +57,7 @@ def create_app(task: FeedbackTask, page: str, tokens: dict[str, str] | None = No
 
     @app.get("/api/next")
     def next_item(who: str | None = Depends(annotator)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
-        return task.next_payload()
+        return task.next_payload(who)
 
     @app.post("/api/judge")
     def judge(

@@ -25,6 +25,10 @@ class JudgementLog:
     def done(self) -> set[int]:
         return {row["item"] for row in self.rows}
 
+    def annotators(self, item: int) -> set[str]:
+        """Who has judged the item (an item shown to two annotators has two rows)."""
+        return {row.get("annotator", "") for row in self.rows if row["item"] == item}
+
     def append(self, row: dict[str, Any], annotator: str) -> dict[str, Any]:
         record = {**row, "annotator": annotator, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat()}
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,40 +44,86 @@ class PolicyAnswers:
         return response.removesuffix(self.tokenizer.eos_token).strip()
 
 
+RESERVATION_SECONDS = 600.0  # an item handed to an annotator is theirs this long, then offered again
+
+
+class SavedAnswers:
+    """Answers sampled earlier and saved (a round of `align rounds` whose judge is people): the page shows
+    exactly what the policy said then, and no model is loaded."""
+
+    def __init__(self, rows: list[dict[str, Any]], eos: str):
+        self.rows, self.eos = rows, eos
+
+    def render(self, prompt: list[dict[str, str]]) -> str:
+        return next(row["prompt_text"] for row in self.rows if row["prompt"] == prompt)
+
+    def sample(self, prompt: list[dict[str, str]], n: int, item: int) -> list[str]:
+        return self.rows[item]["responses"]
+
+    def strip(self, response: str) -> str:
+        return response.removesuffix(self.eos).strip()
+
+
 @dataclass
 class FeedbackTask:
-    """Shared bookkeeping: the prompts, the log, progress, and one lock around generation and writes."""
+    """Shared bookkeeping: the prompts, the log, progress, the reservations that hand each item to one
+    annotator at a time, and one lock around generation and writes."""
 
     prompts: list[list[dict[str, str]]]
     log: JudgementLog
     annotator: str = "anonymous"
     cache: dict[int, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reserved: dict[int, tuple[str, float]] = field(default_factory=dict)  # item -> (annotator, until)
+    clock: Callable[[], float] = time.monotonic
 
-    def next_item(self) -> int | None:
-        done = self.log.done
-        return next((i for i in range(len(self.prompts)) if i not in done), None)
+    def judgements_needed(self, item: int) -> int:
+        """How many annotators judge the item (two where agreement is measured)."""
+        return 1
+
+    def complete(self, item: int) -> bool:
+        return len(self.log.annotators(item)) >= self.judgements_needed(item)
+
+    def next_item(self, annotator: str | None = None) -> int | None:
+        """The first item that still needs a judgement, that this annotator has not judged and that no
+        other annotator holds; it is then reserved for this one."""
+        who, now = annotator or self.annotator, self.clock()
+        for item in range(len(self.prompts)):
+            holder, until = self.reserved.get(item, (who, now))
+            if self.complete(item) or who in self.log.annotators(item) or (holder != who and until > now):
+                continue
+            self.reserved[item] = (who, now + RESERVATION_SECONDS)
+            return item
+        return None
 
     def progress(self) -> dict[str, int]:
-        return {"done": len(self.log.done & set(range(len(self.prompts)))), "total": len(self.prompts)}
+        return {"done": sum(self.complete(i) for i in range(len(self.prompts))), "total": len(self.prompts)}
 
-    def next_payload(self) -> dict[str, Any]:
+    def next_payload(self, annotator: str | None = None) -> dict[str, Any]:
         with self.lock:
-            item = self.next_item()
+            item = self.next_item(annotator)
             if item is None:
-                return {"finished": True, **self.progress(), **self.summary(), **self.reveal()}
+                finished = self.progress()["done"] == len(self.prompts)
+                reveal = self.reveal() if finished else {"waiting": True}  # others hold the items left
+                return {"finished": finished, **self.progress(), **self.summary(), **reveal}
             return {"finished": False, **self.show(item), **self.progress(), **self.summary()}
 
     def submit(self, payload: dict[str, Any], annotator: str | None = None) -> dict[str, Any]:
         """Record one judgement, under `annotator` (the one a token names) or the task's."""
+        who = annotator or self.annotator
         with self.lock:
             item = payload.get("item")
-            if not isinstance(item, int) or not 0 <= item < len(self.prompts):
+            if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item < len(self.prompts):
                 raise DataError(f"judgement: field 'item' must be an item number below {len(self.prompts)}")
-            if item in self.log.done:
+            if self.complete(item) or who in self.log.annotators(item):
                 raise DataError(f"judgement: item {item} is already judged")
-            self.log.append(self.record(item, payload), annotator or self.annotator)
-            self.cache.pop(item, None)
+            holder, until = self.reserved.get(item, (who, 0.0))
+            if holder != who and until > self.clock():
+                raise DataError(f"judgement: item {item} is being judged by another annotator")
+            self.log.append(self.record(item, payload), who)
+            self.reserved.pop(item, None)
+            if self.complete(item):
+                self.cache.pop(item, None)
             return {**self.progress(), **self.summary()}
 
     def show(self, item: int) -> dict[str, Any]:
@@ -97,8 +144,29 @@ class FeedbackTask:
 class LabelTask(FeedbackTask):
     """Rank K responses of one policy per prompt (or pick best and worst, or call a tie, or skip)."""
 
-    sampler: PolicyAnswers | None = None
+    sampler: PolicyAnswers | SavedAnswers | None = None
     k: int = 4
+    double: frozenset[int] = frozenset()  # items two annotators judge, for their agreement
+
+    def judgements_needed(self, item: int) -> int:
+        return 2 if item in self.double else 1
+
+    def summary(self) -> dict[str, Any]:
+        """How often two annotators of one item order a pair of its responses alike (a tie counts as an
+        order), over the pairs both judgements order."""
+        agree, compared, items = 0, 0, 0
+        for item in self.double:
+            judgements = [_relations(row) for row in self.log.rows if row["item"] == item]
+            if len(judgements) < 2:
+                continue
+            first, second = judgements[:2]
+            shared = first.keys() & second.keys()
+            items += bool(shared)
+            compared += len(shared)
+            agree += sum(first[pair] == second[pair] for pair in shared)
+        if not compared:
+            return {}
+        return {"agreement": agree / compared, "agreement_items": items, "agreement_pairs": compared}
 
     def raw_responses(self, item: int) -> list[str]:
         """The K sampled responses, with the EOS text where the model ended (what rewards score)."""
@@ -112,7 +180,7 @@ class LabelTask(FeedbackTask):
 
     def record(self, item: int, payload: dict[str, Any]) -> dict[str, Any]:
         responses = [self.sampler.strip(r) for r in self.raw_responses(item)]
-        row: dict[str, Any] = {"item": item, "prompt": self.prompts[item]}
+        row: dict[str, Any] = {"item": item, "prompt": self.prompts[item], "group": f"item-{item}"}
         given = [k for k in ("ranking", "best", "tie", "skip") if payload.get(k) not in (None, False)]
         if len(given) > 1 or (payload.get("worst") is not None and "best" not in given):
             raise DataError(
@@ -132,7 +200,14 @@ class LabelTask(FeedbackTask):
             raise DataError(
                 "judgement: give 'ranking', 'best' and 'worst' (two different responses), 'tie' or 'skip'"
             )
-        return {**row, "judgement": "best_worst", "chosen": responses[best], "rejected": responses[worst]}
+        return {
+            **row,
+            "judgement": "best_worst",
+            "chosen": responses[best],
+            "rejected": responses[worst],
+            "best": best,
+            "worst": worst,
+        }
 
 
 @dataclass
@@ -216,6 +291,20 @@ class ArenaTask(FeedbackTask):
             "b_wins": figures["wins"],
             "ties": figures["ties"],
         }
+
+
+def _relations(row: dict[str, Any]) -> dict[tuple[int, int], int]:
+    """What a label row says of each pair (i < j) of responses: 1 (i better), -1 (j better), 0 (tie)."""
+    if row.get("judgement") == "ranking":
+        place = {response: rank for rank, response in enumerate(row["ranking"])}
+        return {(i, j): 1 if place[i] < place[j] else -1 for i in place for j in place if i < j}
+    if row.get("judgement") == "tie":
+        count = len(row["responses"])
+        return {(i, j): 0 for i in range(count) for j in range(i + 1, count)}
+    if row.get("judgement") == "best_worst":
+        best, worst = row["best"], row["worst"]
+        return {(min(best, worst), max(best, worst)): 1 if best < worst else -1}
+    return {}
 
 
 def judge_all(task: FeedbackTask, score: ScoreFn) -> dict[str, Any]:

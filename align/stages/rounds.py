@@ -25,11 +25,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from align.artifacts import Artifact, ArtifactWriter, load_artifact
+from align.artifacts import Artifact, ArtifactWriter, load_artifact, sha256_file
 from align.config import PairsConfig, PPOConfig, RMConfig, RoundsConfig, build_config, to_dict
 from align.data import load_data
 from align.data.splits import by_group, hold_out
-from align.errors import ConfigError
+from align.errors import ConfigError, Paused
 from align.evaluation import reward_model_report
 from align.health import blind_spot
 from align.models import record_base, resolve_model
@@ -37,19 +37,26 @@ from align.registry import STAGES
 from align.rewards import RewardModel
 from align.text.encoding import tokenize_pairs
 
+PEOPLE = "people"  # the judge that is a team of annotators in `align label --round`
+SAMPLES, LABELS = "samples.jsonl", "labels.jsonl"  # a people round's saved answers and their labels
+
 
 def run(config: RoundsConfig, resume: bool = False) -> Artifact:
     sft = resolve_model(config.model)
     reward_model = load_artifact(config.reward_model, expect_stage="rm")
     refresh = _refresh_slices(config)
     original = _jsonl(load_data(config.data, "pairs").rows)
+    partial = Path(f"{config.output}.partial")
+    if not resume and any(partial.glob(f"round-*/{LABELS}")):
+        raise ConfigError(f"{partial} holds people's labels: continue it with --resume, or move it away")
     with ArtifactWriter(config.output, "rounds", to_dict(config), resume) as writer:
         policy = _ppo(config, writer.work_dir, 0, reward_model, None, resume)
         history = [_round_record(0, policy, reward_model, None)]
         training_pairs = original
         for k, prompts in enumerate(refresh, start=1):
             folder = writer.work_dir / f"round-{k}"
-            judged, judging = _judged_pairs(config, folder, k, policy, prompts, resume)
+            judge = _people_pairs if config.judge == PEOPLE else _judged_pairs
+            judged, judging = judge(config, folder, k, policy, prompts, resume)
             train, held = hold_out(judged, config.holdout, config.seed + 1000 * k, by_group)
             training_pairs += _jsonl(train)
             train_file = _write(folder / "rm-train.jsonl", training_pairs)
@@ -141,6 +148,68 @@ def _judged_pairs(
     for row in rows:
         row["group"] = f"round-{k}/{row['group']}"
     return rows, artifact.metrics
+
+
+def _people_pairs(
+    config: RoundsConfig, folder: Path, k: int, policy: Artifact, prompts: list[dict[str, Any]], resume: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """People rank the policy's answers in `align label --round FOLDER`: the answers are sampled once and
+    saved, the run pauses until every item has its judgements (two annotators for `double_share` of
+    them), then the labels, identified by their sha256, become the round's pairs."""
+    from align.feedback import round_label_task
+
+    samples = folder / SAMPLES
+    if not samples.exists():
+        _save_samples(config, samples, k, policy, prompts)
+    task = round_label_task(folder)
+    progress = task.progress()
+    if progress["done"] < progress["total"]:
+        raise Paused(
+            f"round {k}: {progress['done']} of {progress['total']} items labelled; label them with "
+            f"`align label --round {folder}` (--annotators a,b,c shares the page under tokens), then "
+            "rerun with --resume"
+        )
+    labels = folder / LABELS
+    rows = load_data(str(labels), "pairs").rows
+    for row in rows:
+        row["group"] = f"round-{k}/{row['group']}"
+    figures = {"pairs": len(rows), "items": progress["total"], "labels_sha256": sha256_file(labels)}
+    return rows, {**figures, **task.summary()}
+
+
+def _save_samples(
+    config: RoundsConfig, path: Path, k: int, policy: Artifact, prompts: list[dict[str, Any]]
+) -> None:
+    """The policy's `sampling.n` answers to each prompt, and which items two annotators judge."""
+    import random
+
+    from align.decoding.generate import Decoding, sample_texts
+    from align.models import load_policy, load_tokenizer
+    from align.text.chat import prompt_text
+
+    source = resolve_model(str(policy.path))
+    tokenizer = load_tokenizer(source, config.trust_remote_code)
+    model = load_policy(source, config.trust_remote_code, inference=True)
+    rendered = [prompt_text(tokenizer, row["prompt"]) for row in prompts]
+    sampling = config.sampling
+    decoding = Decoding(temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens)
+    seed = config.seed + 1000 * k
+    answers = sample_texts(model, tokenizer, rendered, decoding, sampling.batch_size, seed, sampling.n)
+    double = random.Random(f"{seed}:double").sample(
+        range(len(prompts)), round(config.double_share * len(prompts))
+    )
+    rows = [
+        {
+            "item": i,
+            "prompt": row["prompt"],
+            "prompt_text": text,
+            "responses": answers[i * sampling.n : (i + 1) * sampling.n],
+            "judgements": 2 if i in double else 1,
+            "eos": tokenizer.eos_token,
+        }
+        for i, (row, text) in enumerate(zip(prompts, rendered, strict=True))
+    ]
+    _write(path.with_suffix(".tmp"), _jsonl(rows)).replace(path)
 
 
 def _rm(config: RoundsConfig, folder: Path, k: int, train: Path, held: Path, resume: bool) -> Artifact:

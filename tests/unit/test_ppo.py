@@ -67,6 +67,24 @@ def test_first_minibatch_ratio_is_one_and_rm_critic_shares_the_trunk(
     assert lora_params < total / 2  # the reference is the same weights with adapters off, not a copy
 
 
+def test_a_monitor_reward_is_logged_and_chooses_nothing(runner, micro_sft: Path, tmp_path: Path) -> None:
+    """The synthetic gold as `monitor_reward`: logged each step and summarised, but keep-best and early
+    stopping cannot select by it (they need a validation judge)."""
+
+    def monitored(output: Path, *extra: str) -> list:
+        args = ppo_args(micro_sft, output, "--max-steps", "2", "--reward", "tests.rewards:longer", *extra)
+        args[args.index("--validation-reward")] = "--monitor-reward"
+        return args
+
+    result = invoke(runner, *monitored(tmp_path / "ppo"))
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(tmp_path / "ppo")
+    assert all("gold" in step for step in logged_steps(artifact.path))
+    assert "final_gold" in artifact.metrics and "best_step" not in artifact.metrics
+    refused = invoke(runner, *monitored(tmp_path / "kept", "--set", "ppo.keep_best=true"))
+    assert refused.exit_code == 2 and "validation judge" in refused.output
+
+
 def test_ppo_raises_the_reward_and_reloads_as_a_policy(runner, micro_sft: Path, tmp_path: Path) -> None:
     result = invoke(
         runner,

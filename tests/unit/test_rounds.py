@@ -116,3 +116,67 @@ def test_resume_reuses_the_rounds_a_failed_run_committed(
     resumed = invoke(runner, *rounds_args(micro_sft, micro_rm, output, "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert (output / "round-0/ppo/manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_people_round_pauses_for_labels_and_resumes_with_them(
+    micro_sft: Path, micro_rm: Path, tmp_path: Path, runner
+) -> None:
+    """Scripted annotators drive one round through the label API: each item is handed to one annotator
+    at a time, half the items go to both, ties are marked, and the round resumes once the label file is
+    complete, recording its sha256 and the annotators' agreement."""
+    from fastapi.testclient import TestClient
+
+    from align.artifacts import load_artifact, sha256_file
+    from align.data.synthetic import gold_reward
+    from align.feedback import round_label_task
+    from align.feedback.server import create_app
+
+    output = tmp_path / "people"
+    args = rounds_args(micro_sft, micro_rm, output, "--judge", "people", "--set", "double_share=0.5")
+    paused = invoke(runner, *args)
+    assert paused.exit_code == 3, paused.output
+    assert "align label --round" in paused.output
+    folder = output.with_name("people.partial") / "round-1"
+    task = round_label_task(folder)
+    client = TestClient(create_app(task, "label.html", {"token-ann": "ann", "token-bob": "bob"}))
+
+    def ask(token: str) -> dict:
+        return client.get("/api/next", params={"token": token}).json()
+
+    first, second = ask("token-ann"), ask("token-bob")
+    assert first["item"] != second["item"], "one item was handed to two annotators at once"
+    taken = client.post(
+        "/api/judge", params={"token": "token-bob"}, json={"item": first["item"], "tie": True}
+    )
+    assert taken.status_code == 400 and "another annotator" in taken.json()["detail"]
+
+    def judgement(item: int, reverse: bool) -> dict:
+        """ann ranks by gold, then by length (a tie only when all answers are one text); bob in exactly
+        the opposite order, so the two agree only on the ties."""
+        responses = task.raw_responses(item)
+        if len(set(responses)) == 1:
+            return {"tie": True}
+        scores = gold_reward([task.sampler.render(task.prompts[item])] * len(responses), responses)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], len(responses[i]), i))
+        return {"ranking": order[::-1] if reverse else order}
+
+    shown = {"token-ann": first, "token-bob": second}
+    for _ in range(4 * len(task.prompts)):
+        for token, payload in shown.items():
+            if "item" in payload:  # else waiting for the other, or finished
+                body = {"item": payload["item"], **judgement(payload["item"], reverse=token == "token-bob")}
+                assert client.post("/api/judge", params={"token": token}, json=body).status_code == 200
+            shown[token] = ask(token)
+    assert task.progress()["done"] == task.progress()["total"]
+    summary = task.summary()
+    ties = sum(len(set(task.raw_responses(item))) == 1 for item in task.double)
+    assert summary["agreement_items"] == len(task.double)
+    assert summary["agreement"] == pytest.approx(ties / len(task.double)), summary
+
+    refused = invoke(runner, *args)
+    assert refused.exit_code == 2 and "holds people's labels" in refused.output
+    resumed = invoke(runner, *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    refresh = load_artifact(output).metrics["rounds"][1]
+    assert refresh["labels_sha256"] == sha256_file(output / "round-1/labels.jsonl")
+    assert refresh["agreement"] == summary["agreement"] and refresh["pairs"] > 0

@@ -23,7 +23,7 @@ from align.decoding.static_gpt2 import supports
 from align.distributed import make_accelerator
 from align.errors import ConfigError, DataError
 from align.models import load_tokenizer, resolve_model, save_policy
-from align.rewards import RewardModel, judge_of, load_reward_function
+from align.rewards import RewardFn, RewardModel, judge_of, load_reward_function
 from align.stages.ppo import networks as ppo_networks
 from align.stages.ppo.checkpoint import full_weights
 from align.stages.ppo.loop import PPOData, PPOLoop
@@ -53,7 +53,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         )
     with ArtifactWriter(config.output, "ppo", to_dict(config), resume) as writer:
         prompts, validation = _validation(config, prompts, accelerator.device)
-        data = PPOData(prompts, ptx_rows, validation)
+        data = PPOData(prompts, ptx_rows, validation, _monitor(config))
         if accelerator.log_with:
             trackers.start(accelerator, writer.run_name, to_dict(config))
         loop = PPOLoop(config.ppo, config.train, networks, data, tokenizer, writer, accelerator)
@@ -79,12 +79,23 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
         return writer.commit()
 
 
+def _monitor(config: PPOConfig) -> tuple[str, RewardFn] | None:
+    """The reward logged per step and nothing else, under its name without `_reward` (gold)."""
+    if config.monitor_reward is None:
+        return None
+    return _metric_name(config.monitor_reward, "monitor"), load_reward_function(config.monitor_reward)
+
+
+def _metric_name(spec: str, default: str) -> str:
+    return spec.partition(":")[2].removesuffix("_reward") or default
+
+
 def _validation(config: PPOConfig, prompts: list[str], device: Any) -> tuple[list[str], Validation | None]:
     """The validation judge PPO never optimises, and the training prompts left once its fixed validation
     prompts are split off (only with `ppo.validation_every`). A function is logged under its name without
     `_reward` (`align.data.synthetic:gold_reward` logs `gold`), an RM as `validation_rm`."""
     if config.validation_reward is not None:
-        name = config.validation_reward.partition(":")[2].removesuffix("_reward") or "validation"
+        name = _metric_name(config.validation_reward, "validation")
         judge = load_reward_function(config.validation_reward)
     elif config.validation_reward_model is not None:
         name, judge = "validation_rm", RewardModel.load(config.validation_reward_model, device)

@@ -44,13 +44,13 @@ class Logbook:
         main: bool,
         logging_steps: int,
         monitors: Monitors,
-        validation: str | None,
+        judged: tuple[str, ...],
         tensorboard: bool = True,
         accelerator: Any = None,
     ):
         self.logs_dir, self.main, self.logging_steps = logs_dir, main, logging_steps
         self.tensorboard = tensorboard
-        self.monitors, self.validation = monitors, validation
+        self.monitors, self.judged = monitors, judged  # the judges' metric names: first and final kept
         # the run's experiment trackers (`train.report_to` beyond TensorBoard), started by the stage
         self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
         self.history: list[dict[str, float]] = []
@@ -103,13 +103,13 @@ class Logbook:
         history = self.history
         if not history:
             return {"steps": 0}
-        window, validation = history[-10:], [self.validation] if self.validation else []
+        window = history[-10:]
         summary: dict[str, Any] = {"steps": history[-1]["step"], "first_score": history[0]["score"]}
         summary["first_entropy"] = history[0]["entropy"]
-        for key in (*_FINAL, *validation):
+        for key in (*_FINAL, *self.judged):
             if key in window[0]:
                 summary[f"final_{key}"] = statistics.fmean(r[key] for r in window)
-        for key in validation:
+        for key in self.judged:
             summary[f"first_{key}"] = history[0][key]
         summary["monitors_tripped"] = sorted(self.monitors.tripped)
         summary["processes"] = processes

@@ -28,6 +28,7 @@ from align.decoding.packing import batch_layout
 from align.distributed import Processes
 from align.errors import AlignError, TrainingDiverged
 from align.logs import ProgressLines, interactive
+from align.rewards import RewardFn
 from align.stages.ppo import checkpoint, core
 from align.stages.ppo.logbook import Logbook, step_stats
 from align.stages.ppo.monitors import Monitors
@@ -49,11 +50,18 @@ class RatioMismatch(AlignError):
 
 @dataclass
 class PPOData:
-    """What the loop trains on: rendered prompts, PPO-ptx demonstrations, an optional validation judge."""
+    """What the loop trains on: rendered prompts, PPO-ptx demonstrations, an optional validation judge
+    (it may choose the step kept and stop the run) and an optional monitor (logged, chooses nothing)."""
 
     prompts: list[str]
     ptx_rows: list[dict[str, list[int]]]
     validation: Validation | None
+    monitor: tuple[str, RewardFn] | None = None
+
+    def judges(self) -> list[tuple[str, RewardFn]]:
+        """Every judge that scores each step's rollouts, with its metric name: validation first."""
+        named = [(self.validation.name, self.validation.judge)] if self.validation else []
+        return named + ([self.monitor] if self.monitor else [])
 
 
 class PPOLoop:
@@ -110,10 +118,10 @@ class PPOLoop:
         self.step = 0
         self.stopped: str | None = None  # why the run ended early, if it did
         self.ratio_limits = RATIO_LIMITS[next(self.policy.parameters()).dtype]
-        validation = data.validation.name if data.validation else None
-        monitors = Monitors(validation, s.target_kl, self.ratio_limits)
+        judged = tuple(name for name, _ in data.judges())
+        monitors = Monitors(judged[0] if judged else None, s.target_kl, self.ratio_limits)
         self.logbook = Logbook(
-            writer.logs_dir, processes.is_main, train.logging_steps, monitors, validation,
+            writer.logs_dir, processes.is_main, train.logging_steps, monitors, judged,
             "tensorboard" in train.report_to, accelerator,
         )  # fmt: skip
 
@@ -210,11 +218,8 @@ class PPOLoop:
         scorer = self.networks.scorer
         if scorer is not None and len(scorer.members) > 1:
             stats["ensemble_disagreement"] = statistics.fmean(scorer.spread)
-        validation = self.data.validation
-        if validation is not None:
-            stats[validation.name] = statistics.fmean(
-                validation.judge(trajectory.prompt_texts, trajectory.response_texts)
-            )
+        for name, judge in self.data.judges():
+            stats[name] = statistics.fmean(judge(trajectory.prompt_texts, trajectory.response_texts))
         if s.sample_every and (self.step + 1) % s.sample_every == 0:
             pairs = zip(trajectory.prompt_texts[:3], trajectory.response_texts[:3], strict=True)
             stats["samples"] = [{"prompt": p[-80:], "response": r} for p, r in pairs]

@@ -32,7 +32,7 @@ _EXPORTS = {
     "Conversation": "align.conversation",
 }
 _CONFIGS = ("PretrainConfig", "SFTConfig", "RMConfig", "PairsConfig", "PPOConfig", "DPOConfig", "GRPOConfig")
-_CONFIGS += ("RLOOConfig", "EvalConfig")
+_CONFIGS += ("RLOOConfig", "RoundsConfig", "EvalConfig")
 
 __all__ = ["__version__", *_EXPORTS, *_CONFIGS]
 

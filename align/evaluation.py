@@ -266,6 +266,13 @@ def gold_summary(name: str, prompts: list[str], responses: list[str]) -> dict[st
     }
 
 
+def beats(policy: dict[str, Any], baseline: dict[str, Any], name: str = "sampled") -> bool:
+    """The policy's gold gain over the baseline passes the 95 % interval of a difference of two
+    independent means: the rule every "beats" of the README, the demo and the studies uses."""
+    gain = policy[f"gold_{name}"] - baseline[f"gold_{name}"]
+    return gain > math.hypot(policy[f"gold_{name}_ci95"], baseline[f"gold_{name}_ci95"])
+
+
 def ci95(values: list[float]) -> float:
     """Half-width of the normal 95 % interval of the mean."""
     return 1.96 * statistics.pstdev(values) / math.sqrt(len(values))

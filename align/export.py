@@ -128,6 +128,7 @@ def model_card(source: ModelSource, quantize: str | None = None) -> str:
             f"{artifact.sha256[:16]} | {metrics or '-'} |"
         )
     lines += ["", f"Reward: {_reward(source.artifact)}"] if source.artifact.manifest.get("reward") else []
+    lines += _rounds(source.artifact)
     base = lineage(source.artifact)[-1].manifest.get("base_model", {})
     lines += [
         "",
@@ -135,6 +136,27 @@ def model_card(source: ModelSource, quantize: str | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rounds(artifact: Artifact) -> list[str]:
+    """Iterated RLHF (`align rounds`) in the lineage: per round, who judged, the comparisons it bought and
+    the reward model's accuracy on that round's held-out pairs before and after its refresh."""
+    run = next((a for a in ancestors(artifact) if a.stage == "rounds"), None)
+    if run is None:
+        return []
+    judge = run.manifest["config"]["judge"]
+    lines = ["", f"## Rounds (iterated RLHF, judge: {judge})", ""]
+    lines += ["| round | comparisons | RM accuracy before / after refresh | labels sha256 | agreement |"]
+    lines += ["|---|---|---|---|---|"]
+    for entry in run.metrics.get("rounds", []):
+        before, after = entry.get("rm_accuracy_before"), entry.get("rm_accuracy_after")
+        accuracy = "-" if before is None else f"{before:.3f} / {after:.3f}"
+        agreement = entry.get("agreement")
+        lines.append(
+            f"| {entry['round']} | {entry.get('pairs', 0)} | {accuracy} | "
+            f"{str(entry.get('labels_sha256', '-'))[:16]} | {'-' if agreement is None else f'{agreement:.2f}'} |"
+        )
+    return lines
 
 
 def _reward(artifact: Artifact) -> str:

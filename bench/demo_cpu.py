@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -38,11 +37,11 @@ def step(name: str, args: list[str], seconds: dict[str, float]) -> None:
     seconds[name] = round(time.perf_counter() - start, 1)
 
 
-def beats(policy: dict, baseline: dict, name: str) -> str:
-    """✓ when the gain passes the 95 % interval of a difference of two independent means."""
-    gain = policy[f"gold_{name}"] - baseline[f"gold_{name}"]
-    interval = math.hypot(policy[f"gold_{name}_ci95"], baseline[f"gold_{name}_ci95"])
-    return "✓" if gain > interval else "✗"
+def mark(policy: dict, baseline: dict, name: str) -> str:
+    """✓ when the policy beats the baseline by `align.evaluation.beats`."""
+    from align.evaluation import beats
+
+    return "✓" if beats(policy, baseline, name) else "✗"
 
 
 def main() -> None:
@@ -65,7 +64,7 @@ def main() -> None:
         f"\n{'policy':10s} {'gold T=0.7':>16s} {'gold greedy':>16s} {'RM score':>9s} {'KL to SFT':>10s}  (✓: beats SFT)"
     )
     for policy, f in figures.items():
-        marks = ("", "") if policy == "sft" else (beats(f, sft, "sampled"), beats(f, sft, "greedy"))
+        marks = ("", "") if policy == "sft" else (mark(f, sft, "sampled"), mark(f, sft, "greedy"))
         kl = f"{f['kl_to_reference']:.2f}" if "kl_to_reference" in f else "-"
         print(
             f"{policy:10s} {f['gold_sampled']:8.3f} ±{f['gold_sampled_ci95']:.3f} {marks[0]:1s} "

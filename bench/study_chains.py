@@ -25,6 +25,8 @@ from pathlib import Path
 
 from harness import align
 
+from align.evaluation import beats
+
 GOLD = "align.data.synthetic:gold_reward"
 SPLITS = {
     "eval": "data/synthetic/eval.jsonl",
@@ -109,11 +111,6 @@ def label_efficiency(artifact: Path, chain: Path, split: str, rounds: list[dict]
             }
         )
     return curve
-
-
-def beats(policy: dict, baseline: dict, name: str) -> bool:
-    gain = policy[f"gold_{name}"] - baseline[f"gold_{name}"]
-    return gain > math.hypot(policy[f"gold_{name}_ci95"], baseline[f"gold_{name}_ci95"])
 
 
 def chain_verdict(policy: dict, sft: dict) -> dict:

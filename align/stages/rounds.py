@@ -165,8 +165,8 @@ def _people_pairs(
     progress = task.progress()
     if progress["done"] < progress["total"]:
         raise Paused(
-            f"round {k}: {progress['done']} of {progress['total']} items labelled; label them with "
-            f"`align label --round {folder}` (--annotators a,b,c shares the page under tokens), then "
+            f"round {k}: {progress['done']} of {progress['total']} items labelled; label them with: "
+            f"align label --round {folder} (--annotators a,b,c shares the page under tokens), then "
             "rerun with --resume"
         )
     labels = folder / LABELS

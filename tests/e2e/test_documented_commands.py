@@ -9,6 +9,7 @@ its whole config (`--dry-run`). The browser pages run with a scripted judge inst
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -51,9 +52,25 @@ MICRO = {
     "rloo": MICRO_ONLINE,
     "pairs": ("limit=64", "sampling.n=4", "sampling.max_new_tokens=8"),
 }
+# iterated RLHF: one refresh round of 8 prompts, each round's PPO and RM shrunk as above
+MICRO["rounds"] = (
+    "rounds=1",
+    "steps=[2, 2]",
+    "sampling.prompts_per_round=8",
+    "sampling.n=2",
+    "sampling.max_new_tokens=8",
+    "overrides="
+    + json.dumps(
+        {
+            "ppo": dict(item.split("=") for item in MICRO["ppo"]),
+            "rm": {**dict(item.split("=") for item in MICRO["rm"]), "train.max_steps": 2},
+        }
+    ),
+)
 # the flags appended to a command to shrink it (flags given later win; --set adds to the list)
 SHRINK: dict[str, list[str]] = {
     **{stage: ["--max-steps", "2", *sets(*assignments)] for stage, assignments in MICRO.items()},
+    "rounds": sets(*MICRO["rounds"]),
     "pairs": sets(*MICRO["pairs"]),
     "eval": ["--limit", "8"],
     "label": ["--limit", "2", "--k", "2", "--reward", JUDGE],
@@ -201,7 +218,7 @@ def test_the_extraction_finds_the_documented_commands() -> None:
 # recipes on the micro run as it is, the ones that rebuild its SFT policy and base last (a base trained
 # for two steps says nothing a gold judge can rank)
 GPT2_ORDER = ("sft", "rm", "ppo", "dpo")
-TINY_ORDER = ("pairs", "rm", "ppo", "dpo", "grpo", "rloo", "sft", "pretrain")
+TINY_ORDER = ("pairs", "rm", "ppo", "rounds", "dpo", "grpo", "rloo", "sft", "pretrain")
 
 
 def rank(command: str) -> tuple[bool, int]:

@@ -104,6 +104,17 @@ def test_the_final_policy_loads_and_evaluates_against_the_sft_policy(
     assert set(figures["gold_sampled_by_family_ci95"]) == set(figures["gold_sampled_by_family"])
 
 
+def test_the_export_card_states_the_rounds(micro_rounds: Path, runner, tmp_path) -> None:
+    from align.artifacts import load_artifact
+
+    result = invoke(runner, "export", "--model", micro_rounds, "--output", tmp_path / "export")
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "export/README.md").read_text()
+    refresh = load_artifact(micro_rounds).metrics["rounds"][1]
+    assert "## Rounds (iterated RLHF, judge: align.data.synthetic:gold_reward)" in card
+    assert f"| 1 | {refresh['pairs']} | {refresh['rm_accuracy_before']:.3f} / " in card
+
+
 def test_resume_reuses_the_rounds_a_failed_run_committed(
     micro_sft: Path, micro_rm: Path, tmp_path, runner
 ) -> None:

@@ -56,6 +56,9 @@ class RMConfig(DataStage):
     center_rewards: float | None = Field(None, ge=0.0)  # coefficient of the mean((r_c + r_r)^2) term
     group_rankings: bool = True  # keep the pairs of one K-way ranking in the same batch (InstructGPT)
     ensemble: int = Field(1, ge=1)  # members, each its own trunk (member i > 0: seed + i, bootstrapped pairs)
+    init_reward_model: str | None = (
+        None  # an RM artifact whose weights (score head included) training starts from
+    )
 
 
 class EnsembleJudging(Settings):
@@ -285,6 +288,10 @@ class RoundsConfig(Settings):
     rounds: int = Field(2, ge=0)  # refresh rounds after round 0
     steps: list[int] = [50, 50, 50]  # PPO iterations of round 0 and of each refresh round
     restart: bool = False  # each round's PPO from the SFT policy instead of the last round's
+    # the refreshed RM: trained from the SFT policy on every pair so far (`sft`), or the last round's RM
+    # trained further on this round's pairs and as many earlier ones replayed (`previous`, faster)
+    rm_init: Literal["sft", "previous"] = "sft"
+    refresh_weight: int = Field(1, ge=1)  # each round's own pairs count this many times in the RM's data
     # who answers the refresh prompts: the current policy (on-policy data), or the SFT policy, the
     # control that tells on-policy data from more data
     samples_from: Literal["policy", "sft"] = "policy"

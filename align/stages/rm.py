@@ -93,7 +93,11 @@ def _train_member(
     seed = config.train.seed + member
     rows = train_rows if member == 0 else _bootstrap(train_rows, seed)
     settings = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
-    model = reward_model_from_policy(policy, tokenizer)
+    model = (
+        reward_model_from_policy(policy, tokenizer)
+        if config.init_reward_model is None
+        else _continued(config.init_reward_model, tokenizer)
+    )
     fields = {"max_length": config.max_length, "center_rewards_coefficient": config.center_rewards}
     fields["remove_unused_columns"] = False  # the group column orders the batches
     trainer_cls = GroupedRewardTrainer if config.group_rankings else RewardTrainer
@@ -169,6 +173,21 @@ def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:
     torch.nn.init.zeros_(model.score.weight)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def _continued(name: str, tokenizer: Any) -> Any:
+    """An RM artifact's trunk and score head (member 0), to train further: a refresh of iterated RLHF
+    that starts from what the last RM knew instead of a zeroed head."""
+    from align.artifacts import load_artifact
+    from align.models import load_pretrained
+
+    artifact = load_artifact(name, expect_stage="rm")
+    if artifact.manifest.get("model_format") != "full":
+        raise DataError(f"init_reward_model {name}: an RM with full weights is needed")
+    model = load_pretrained(AutoModelForSequenceClassification, artifact.model_dir, "a reward model")
+    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+        raise DataError(f"init_reward_model {name}: its vocabulary is not the policy's tokenizer's")
     return model
 
 

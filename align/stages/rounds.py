@@ -22,6 +22,7 @@ Each round samples and trains with its own seed (`seed + 1000 k`) and names its 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from align.artifacts import Artifact, ArtifactWriter, load_artifact, sha256_file
 from align.config import PairsConfig, PPOConfig, RMConfig, RoundsConfig, build_config, to_dict
 from align.data import load_data
 from align.data.splits import by_group, hold_out
-from align.errors import ConfigError, Paused
+from align.errors import ConfigError, DataError, Paused
 from align.evaluation import reward_model_report
 from align.health import blind_spot
 from align.models import record_base, resolve_model
@@ -52,17 +53,18 @@ def run(config: RoundsConfig, resume: bool = False) -> Artifact:
     with ArtifactWriter(config.output, "rounds", to_dict(config), resume) as writer:
         policy = _ppo(config, writer.work_dir, 0, reward_model, None, resume)
         history = [_round_record(0, policy, reward_model, None)]
-        training_pairs = original
+        learned = original  # every pair this run's RMs have learned from, as they counted
         for k, prompts in enumerate(refresh, start=1):
             folder = writer.work_dir / f"round-{k}"
             judge = _people_pairs if config.judge == PEOPLE else _judged_pairs
             judged, judging = judge(config, folder, k, policy, prompts, resume)
-            train, held = hold_out(judged, config.holdout, config.seed + 1000 * k, by_group)
-            training_pairs += _jsonl(train)
-            train_file = _write(folder / "rm-train.jsonl", training_pairs)
+            train, held = _split(config, k, judged, len(prompts))
             held_file = _write(folder / "held-out.jsonl", _jsonl(held))
             before = pair_accuracy(reward_model, held_file)
-            reward_model = _rm(config, folder, k, train_file, held_file, resume)
+            fresh = _jsonl(train) * config.refresh_weight
+            train_file = _write(folder / "rm-train.jsonl", _rm_rows(config, k, learned, fresh))
+            reward_model = _rm(config, folder, k, train_file, held_file, reward_model, resume)
+            learned = learned + fresh
             blind_spot = {
                 "held_out_pairs": len(held),
                 "rm_accuracy_own_held_out": _own_accuracy(history[-1]["rm_artifact"]),
@@ -113,6 +115,28 @@ def _round_record(
 def _own_accuracy(reward_model: Artifact) -> float | None:
     value = reward_model.metrics.get("eval_accuracy")
     return None if value is None else round(value, 4)
+
+
+def _split(
+    config: RoundsConfig, k: int, judged: list[dict[str, Any]], prompts: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A round's judged pairs as (train, held out): `holdout` of its prompts, each with all its pairs."""
+    groups = len({row["group"] for row in judged})
+    if groups < 2:
+        raise DataError(
+            f"round {k}: the judge told apart the answers of {groups} of {prompts} prompts; a refresh needs "
+            "pairs of at least 2 (more prompts, or more answers each)"
+        )
+    return hold_out(judged, config.holdout, config.seed + 1000 * k, by_group)
+
+
+def _rm_rows(config: RoundsConfig, k: int, learned: list[str], fresh: list[str]) -> list[str]:
+    """The refreshed RM's data: every pair so far (an RM from the SFT policy), or this round's pairs and
+    as many earlier ones replayed (the last round's RM trained further), so it keeps what it knew."""
+    if config.rm_init == "sft":
+        return learned + fresh
+    replay = random.Random(f"{config.seed + 1000 * k}:replay").sample(learned, min(len(fresh), len(learned)))
+    return fresh + replay
 
 
 def _refresh_slices(config: RoundsConfig) -> list[list[dict[str, Any]]]:
@@ -212,18 +236,20 @@ def _save_samples(
     _write(path.with_suffix(".tmp"), _jsonl(rows)).replace(path)
 
 
-def _rm(config: RoundsConfig, folder: Path, k: int, train: Path, held: Path, resume: bool) -> Artifact:
+def _rm(
+    config: RoundsConfig, folder: Path, k: int, train: Path, held: Path, previous: Artifact, resume: bool
+) -> Artifact:
     flags = {
         "model": config.model,
         "data": str(train),
         "eval_data": str(held),
         "output": str(folder / "rm"),
+        "init_reward_model": str(previous.path) if config.rm_init == "previous" else None,
         "train.seed": config.seed + 1000 * k,
         "trust_remote_code": config.trust_remote_code,
     }
-    return _stage(
-        "rm", build_config(RMConfig, config.rm_recipe, {**config.overrides.get("rm", {}), **flags}), resume
-    )
+    settings = build_config(RMConfig, config.rm_recipe, {**config.overrides.get("rm", {}), **flags})
+    return _stage("rm", settings, resume)
 
 
 def _ppo(

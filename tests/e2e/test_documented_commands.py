@@ -70,7 +70,8 @@ MICRO["rounds"] = (
 # the flags appended to a command to shrink it (flags given later win; --set adds to the list)
 SHRINK: dict[str, list[str]] = {
     **{stage: ["--max-steps", "2", *sets(*assignments)] for stage, assignments in MICRO.items()},
-    "rounds": sets(*MICRO["rounds"]),
+    # a judge that tells apart even a micro policy's answers, in place of gold (or people)
+    "rounds": ["--judge", "tests.rewards:longer", *sets(*MICRO["rounds"])],
     "pairs": sets(*MICRO["pairs"]),
     "eval": ["--limit", "8"],
     "label": ["--limit", "2", "--k", "2", "--reward", JUDGE],
@@ -217,7 +218,7 @@ def test_the_extraction_finds_the_documented_commands() -> None:
 # the order the recipe commands run in, so each finds its inputs: the GPT-2 chain by stage; the tiny
 # recipes on the micro run as it is, the ones that rebuild its SFT policy and base last (a base trained
 # for two steps says nothing a gold judge can rank)
-GPT2_ORDER = ("sft", "rm", "ppo", "dpo")
+GPT2_ORDER = ("sft", "rm", "ppo", "rounds", "dpo")
 TINY_ORDER = ("pairs", "rm", "ppo", "rounds", "dpo", "grpo", "rloo", "sft", "pretrain")
 
 

@@ -68,6 +68,25 @@ def test_rm_ranks_held_out_pairs(runner, micro_sft: Path, tmp_path: Path) -> Non
     assert metrics["eval_pairs"] == 80 and metrics["eval_accuracy"] > 0.9, metrics
 
 
+def test_a_continued_rm_keeps_its_score_head(runner, micro_sft: Path, micro_rm: Path, tmp_path: Path) -> None:
+    """`init_reward_model` (a refresh of iterated RLHF) starts from the last RM, score head included: at a
+    vanishing learning rate it scores as that RM does, and its first loss is below the log 2 of a head
+    that starts at zero."""
+    result = invoke(
+        runner, "rm", "--recipe", REPO / "recipes/tiny/rm.yaml", "--model", micro_sft,
+        "--output", tmp_path / "rm", "--max-steps", "2", "--lr", "1e-12",
+        "--set", f"init_reward_model={micro_rm}", "--set", "limit=200",
+        "--set", "train.save_steps=0", "--set", "train.logging_steps=1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_artifact(tmp_path / "rm").metrics["first_loss"] < 0.69
+    prompts = [[{"role": "user", "content": "How many words: owl cat jam"}]] * 2
+    responses = ["3<|endoftext|>", "owl cat jam<|endoftext|>"]
+    before = RewardModel.load(micro_rm, "cpu").score_messages(prompts, responses)
+    after = RewardModel.load(tmp_path / "rm", "cpu").score_messages(prompts, responses)
+    assert after == pytest.approx(before, abs=1e-4) and before[0] != before[1]
+
+
 def test_plain_transformers_reload_gives_the_same_scores(micro_rm: Path) -> None:
     prompts = ["<|user|>\nAdd 1 and 2.\n<|assistant|>\n"] * 3
     responses = ["3<|endoftext|>", "Sure! 3<|endoftext|>", "4<|endoftext|>"]

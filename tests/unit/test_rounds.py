@@ -115,6 +115,29 @@ def test_the_export_card_states_the_rounds(micro_rounds: Path, runner, tmp_path)
     assert f"| 1 | {refresh['pairs']} | {refresh['rm_accuracy_before']:.3f} / " in card
 
 
+def test_a_warm_refresh_replays_earlier_pairs_and_weights_the_new(
+    micro_sft: Path, micro_rm: Path, tmp_path: Path, runner
+) -> None:
+    """`rm_init: previous` trains the last round's RM further on this round's pairs (counted
+    `refresh_weight` times) and as many earlier ones; the report's Health line carries the blind spot."""
+    from align.artifacts import load_artifact
+    from align.health import check
+
+    output = tmp_path / "warm"
+    extra = ("--set", "rm_init=previous", "--set", "refresh_weight=2")
+    result = invoke(runner, *rounds_args(micro_sft, micro_rm, output, *extra))
+    assert result.exit_code == 0, result.output
+    rm = load_artifact(output / "round-1/rm")
+    assert Path(rm.manifest["config"]["init_reward_model"]).resolve() == micro_rm.resolve()
+    trained = (output / "round-1/rm-train.jsonl").read_text().splitlines()
+    held = (output / "round-1/held-out.jsonl").read_text().splitlines()
+    fresh, once = len(trained) // 2, len(trained) // 4  # this round's pairs twice, then as many replayed
+    assert len(trained) == 4 * once and trained[:once] == trained[once:fresh]
+    assert not set(trained[fresh:]) & set(trained[:fresh]) and not set(held) & set(trained)
+    healthy, line = check(load_artifact(output))
+    assert "round 1: RM" in line and "refreshed" in line
+
+
 def test_resume_reuses_the_rounds_a_failed_run_committed(
     micro_sft: Path, micro_rm: Path, tmp_path, runner
 ) -> None:

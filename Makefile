@@ -79,6 +79,9 @@ results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
 	$(BIN)/python bench/study_capability.py --runs $(RUNS) --out results/capability.json
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
+	$(BIN)/python bench/study_chains.py --split dev --chains 0 1 --policies ppo ppo_beta0.1 ppo_beta0.4 rounds
+	$(BIN)/python bench/study_chains.py --split eval
+	$(BIN)/python bench/study_chains.py --split fresh
 	$(BIN)/python bench/study_guards.py --runs $(RUNS) --out results/guards.json
 	$(BIN)/python bench/gpt2_chain.py --size gpt2 --out results/gpt2_chain.json
 	$(BIN)/python bench/quantize_int8.py --runs $(RUNS) --out results/quantize_int8.json

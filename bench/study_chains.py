@@ -167,54 +167,71 @@ def run_chain(seed: int, cache: Path, names: list[str], split: str) -> dict:
 
 
 def over_chains(chains: dict[str, dict], names: list[str]) -> dict:
-    """Mean gain over SFT with the interval of the mean (t over chains, normal for 5+); the share of the
-    ceiling's sampled gain each policy reaches, overall and per family."""
+    """Per policy over the chains: the mean gain over each chain's own SFT with the interval of the mean,
+    sampled and greedy, and per family (sampled); whether every chain's verdict holds; the mean margin
+    over SFT on the chosen answers and over the single-round PPO; the share of the ceiling's gain."""
+    runs = list(chains.values())
+
+    def gains(name: str, baseline: str, key: str) -> list[float]:
+        return [run[name][key] - run[baseline][key] for run in runs]
+
+    def family_gain(name: str, baseline: str) -> dict[str, float]:
+        families = runs[0]["sft"]["gold_sampled_by_family"]
+        return {
+            f: statistics.fmean(
+                run[name]["gold_sampled_by_family"][f] - run[baseline]["gold_sampled_by_family"][f]
+                for run in runs
+            )
+            for f in families
+        }
+
     summary = {}
     for name in names:
-        gains = {
-            kind: [c[name][f"gold_{kind}"] - c["sft"][f"gold_{kind}"] for c in chains.values()]
-            for kind in ("sampled", "greedy")
+        verdicts = [run[name]["verdict"] for run in runs]
+        entry = {
+            "chains": len(runs),
+            "gain_sampled": _mean_interval(gains(name, "sft", "gold_sampled")),
+            "gain_greedy": _mean_interval(gains(name, "sft", "gold_greedy")),
+            "gain_sampled_by_family": {f: round(g, 4) for f, g in family_gain(name, "sft").items()},
+            "beats_sft_every_chain": all(v["beats_sft_sampled"] and v["beats_sft_greedy"] for v in verdicts),
+            "families_below_sft": sorted({f for v in verdicts for f in v["families_below_sft"]}),
+            "harmful_compliance_rises": any(any(v["harmful_compliance_rises"].values()) for v in verdicts),
         }
-        summary[name] = {
-            "chains": len(chains),
-            **{f"gain_{kind}": _mean_interval(values) for kind, values in gains.items()},
-            "beats_sft_every_chain": all(
-                c[name]["verdict"]["beats_sft_sampled"] and c[name]["verdict"]["beats_sft_greedy"]
-                for c in chains.values()
-            ),
-        }
+        for baseline in ("sft_chosen", "ppo"):
+            if baseline in names and baseline != name:
+                entry[f"over_{baseline}"] = {
+                    kind: _mean_interval(gains(name, baseline, f"gold_{kind}"))
+                    for kind in ("sampled", "greedy")
+                }
         if "ppo_gold" in names and name != "ppo_gold":
-            ceiling = [c["ppo_gold"]["gold_sampled"] - c["sft"]["gold_sampled"] for c in chains.values()]
-            summary[name]["share_of_ceiling_gain"] = round(
-                statistics.fmean(gains["sampled"]) / statistics.fmean(ceiling), 3
+            ceiling = family_gain("ppo_gold", "sft")
+            entry["share_of_ceiling_gain"] = round(
+                statistics.fmean(gains(name, "sft", "gold_sampled"))
+                / statistics.fmean(gains("ppo_gold", "sft", "gold_sampled")),
+                3,
             )
-            families = next(iter(chains.values()))["sft"]["gold_sampled_by_family"]
-            summary[name]["share_of_ceiling_gain_by_family"] = {
-                f: round(
-                    statistics.fmean(
-                        c[name]["gold_sampled_by_family"][f] - c["sft"]["gold_sampled_by_family"][f]
-                        for c in chains.values()
-                    )
-                    / max(
-                        1e-9,
-                        statistics.fmean(
-                            c["ppo_gold"]["gold_sampled_by_family"][f] - c["sft"]["gold_sampled_by_family"][f]
-                            for c in chains.values()
-                        ),
-                    ),
-                    3,
-                )
-                for f in families
+            entry["share_of_ceiling_gain_by_family"] = {
+                f: round(g / max(ceiling[f], 1e-9), 3) for f, g in family_gain(name, "sft").items()
             }
+        summary[name] = entry
     return summary
 
 
+# Student's t at 97.5 % for 1..9 degrees of freedom: the interval of a mean over a few chains
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+
+
 def _mean_interval(values: list[float]) -> dict:
-    mean = statistics.fmean(values)
-    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    """The mean over chains with the half-width of its 95 % t interval (None for one chain)."""
+    mean, df = statistics.fmean(values), len(values) - 1
+    half = (
+        (T_975[df - 1] if df <= len(T_975) else 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+        if df
+        else None
+    )
     return {
         "mean": round(mean, 4),
-        "ci95": round(half, 4),
+        "ci95": None if half is None else round(half, 4),
         "min": round(min(values), 4),
         "max": round(max(values), 4),
     }
@@ -227,7 +244,7 @@ def main() -> None:
     parser.add_argument(
         "--policies",
         nargs="+",
-        default=["ppo", "rounds", "rounds_sft_samples", "ppo_gold", "dpo", "sft_chosen"],
+        default=["ppo", "ppo_gold", "dpo", "sft_chosen", "rounds"],
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/align/chains")
     parser.add_argument("--out", type=Path, default=None)
@@ -238,7 +255,29 @@ def main() -> None:
     out = args.out or Path(f"results/chains_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["summary"], indent=1))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    """Per chain and policy: gold sampled and greedy (✓ beats the chain's SFT), KL; then the means."""
+    lines = [
+        "| chain | policy | gold T=0.7 | gold greedy | KL to SFT | families below SFT |",
+        "|---|---|---|---|---|---|",
+    ]
+    for chain, policies in results["chains"].items():
+        for name, f in policies.items():
+            verdict = f.get("verdict", {})
+            marks = ["✓" if verdict.get(f"beats_sft_{kind}") else "" for kind in ("sampled", "greedy")]
+            lines.append(
+                f"| {chain} | {name} | {f['gold_sampled']:.3f} {marks[0]} | {f['gold_greedy']:.3f} {marks[1]} | "
+                f"{f.get('kl_to_reference', 0):.2f} | {', '.join(verdict.get('families_below_sft', [])) or '-'} |"
+            )
+    for name, entry in results["summary"].items():
+        gain = entry["gain_sampled"]
+        lines.append(
+            f"mean gain of {name} over SFT, sampled: {gain['mean']:+.3f} ± {gain['ci95'] or float('nan'):.3f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

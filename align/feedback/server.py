@@ -8,6 +8,10 @@ header, 401 without a valid one), and a judgement is stored under the annotator 
     GET  /            the page
     GET  /api/next    the next unjudged item (or {"finished": true} with the final figures)
     POST /api/judge   record a judgement; returns progress (and, in the arena, the running win rate)
+
+A judgement body is a typed model (`LabelJudgement`, `ArenaVote`): a wrong type or an unknown field gets
+422, a judgement that does not fit the item (a ranking that is not a permutation, an item judged) 400, a
+body over 64 KiB 413; no request reaches a 500. There is no /docs or /openapi.json.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from importlib import resources
 from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the string annotations here
+from pydantic import ValidationError
 
 from align.errors import AlignError
 from align.feedback.tasks import FeedbackTask
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY_BYTES = 64 * 1024  # a judgement is a few hundred bytes
 
 
 def access_tokens(host: str, annotators: list[str], default: str) -> dict[str, str] | None:
@@ -37,7 +43,7 @@ def create_app(task: FeedbackTask, page: str, tokens: dict[str, str] | None = No
     from fastapi.responses import HTMLResponse
 
     html = resources.files("align.feedback").joinpath("static", page).read_text(encoding="utf-8")
-    app = FastAPI(title="align feedback", docs_url=None, redoc_url=None)
+    app = FastAPI(title="align feedback", docs_url=None, redoc_url=None, openapi_url=None)
 
     def annotator(request: Request) -> str | None:
         """The annotator the request's token names (401 without a valid one, when tokens are on)."""
@@ -61,13 +67,30 @@ def create_app(task: FeedbackTask, page: str, tokens: dict[str, str] | None = No
 
     @app.post("/api/judge")
     def judge(
-        payload: dict[str, Any] = Body(...),  # noqa: B008 - FastAPI's idiom
+        payload: Any = Body(...),  # noqa: B008 - FastAPI's idiom
         who: str | None = Depends(annotator),  # noqa: B008
     ) -> dict[str, Any]:
         try:
-            return task.submit(payload, who)
+            judgement = task.judgement.model_validate(payload)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            raise HTTPException(status_code=422, detail=f"judgement: {where}: {error['msg']}") from None
+        try:
+            return task.submit(judgement.model_dump(), who)
         except AlignError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next: Any) -> Any:
+        """A body over MAX_BODY_BYTES is refused with 413 before it is parsed."""
+        from fastapi.responses import JSONResponse
+
+        declared = request.headers.get("content-length")
+        too_long = declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES)
+        if too_long or len(await request.body()) > MAX_BODY_BYTES:
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
 
     return app
 

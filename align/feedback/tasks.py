@@ -11,7 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from align.decoding.generate import Decoding, sample_texts
 from align.errors import DataError
@@ -21,6 +23,27 @@ from align.models import load_policy, load_tokenizer, pick_device, resolve_model
 from align.text.chat import prompt_text
 
 ScoreFn = Callable[[list[str], list[str]], list[float]]
+
+
+class LabelJudgement(BaseModel):
+    """What the label page may post: exact types (an item is an integer, never `true` or `1.0`), and no
+    field beyond these."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    item: int
+    ranking: list[int] | None = None
+    best: int | None = None
+    worst: int | None = None
+    tie: bool = False
+    skip: bool = False
+
+
+class ArenaVote(BaseModel):
+    """What the arena page may post."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    item: int
+    vote: Literal["left", "right", "tie"]
 
 
 class PolicyAnswers:
@@ -144,6 +167,7 @@ class FeedbackTask:
 class LabelTask(FeedbackTask):
     """Rank K responses of one policy per prompt (or pick best and worst, or call a tie, or skip)."""
 
+    judgement: ClassVar[type[BaseModel]] = LabelJudgement
     sampler: PolicyAnswers | SavedAnswers | None = None
     k: int = 4
     double: frozenset[int] = frozenset()  # items two annotators judge, for their agreement
@@ -181,14 +205,15 @@ class LabelTask(FeedbackTask):
     def record(self, item: int, payload: dict[str, Any]) -> dict[str, Any]:
         responses = [self.sampler.strip(r) for r in self.raw_responses(item)]
         row: dict[str, Any] = {"item": item, "prompt": self.prompts[item], "group": f"item-{item}"}
-        given = [k for k in ("ranking", "best", "tie", "skip") if payload.get(k) not in (None, False)]
+        given = [k for k in ("ranking", "best") if payload.get(k) is not None]
+        given += [k for k in ("tie", "skip") if payload.get(k) is True]
         if len(given) > 1 or (payload.get("worst") is not None and "best" not in given):
             raise DataError(
                 f"judgement: give exactly one of 'ranking', 'best' and 'worst', 'tie' or 'skip' (got {', '.join(given)})"
             )
         if payload.get("tie") or payload.get("skip"):
             return {**row, "judgement": "tie" if payload.get("tie") else "skip", "responses": responses}
-        if "ranking" in payload:
+        if payload.get("ranking") is not None:
             ranking = payload["ranking"]
             if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))):
                 raise DataError(
@@ -214,6 +239,7 @@ class LabelTask(FeedbackTask):
 class ArenaTask(FeedbackTask):
     """Blind A/B: one response of each policy per prompt, sides shuffled per prompt, names hidden."""
 
+    judgement: ClassVar[type[BaseModel]] = ArenaVote
     a: PolicyAnswers | None = None
     b: PolicyAnswers | None = None
     seed: int = 0

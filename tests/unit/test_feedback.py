@@ -155,3 +155,95 @@ def test_bad_feedback_inputs(runner, micro_sft: Path, micro_rm: Path, tmp_path: 
         result = invoke(runner, *args)
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def saved_label_task(log: Path, items: int = 3, k: int = 3) -> LabelTask:
+    """A label task over fixed answers (no model), as a round of `align rounds` saves them."""
+    from align.feedback.tasks import SavedAnswers
+
+    prompts = [row["prompt"] for row in load_data(str(PROMPTS), "prompts", items).rows]
+    rows = [
+        {"prompt": p, "prompt_text": str(p), "responses": [f"answer {i} {j}<|endoftext|>" for j in range(k)]}
+        for i, p in enumerate(prompts)
+    ]
+    return LabelTask(prompts, JudgementLog(log), "tester", sampler=SavedAnswers(rows, "<|endoftext|>"), k=k)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"item": 0, "ranking": [0, "1", 2]},
+        {"item": 0, "best": 1.0, "worst": 0},
+        {"item": 0, "ranking": [1.0, 0.0, 2.0]},
+        {"item": True, "tie": True},
+        {"item": 0, "tie": "no"},
+        {"item": 0, "tie": True, "note": "extra"},
+        [0, 1],
+        "ranking",
+    ],
+)
+def test_a_mistyped_judgement_is_refused_with_422(tmp_path: Path, body) -> None:
+    api = client(saved_label_task(tmp_path / "labels.jsonl"), "label.html")
+    reply = api.post("/api/judge", json=body)
+    assert reply.status_code == 422, reply.text
+    assert not (tmp_path / "labels.jsonl").exists()
+
+
+def test_oversized_bodies_get_413_and_there_is_no_schema_page(tmp_path: Path) -> None:
+    api = client(saved_label_task(tmp_path / "labels.jsonl"), "label.html")
+    huge = {"item": 0, "tie": True, "pad": "x" * 100_000}
+    assert api.post("/api/judge", json=huge).status_code == 413
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert api.get(path).status_code == 404
+
+
+def test_fuzzed_judgements_never_fail_the_server_and_every_row_reads_back(tmp_path: Path) -> None:
+    """Hypothesis posts any JSON under the API's keys and others: the reply is 200, 400, 413 or 422, never
+    a 500, and whatever was stored loads with `align rm`'s reader."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    log = tmp_path / "labels.jsonl"
+    task = saved_label_task(log, items=200)
+    api = client(task, "label.html")
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-3, 5)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=5)
+    )
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4), max_leaves=6)
+    keys = st.sampled_from(["item", "ranking", "best", "worst", "tie", "skip", "vote", "x"])
+
+    plausible = st.fixed_dictionaries(
+        {"item": st.integers(-1, 200)},
+        optional={
+            "ranking": st.permutations(range(3)) | values,
+            "best": st.integers(0, 3) | values,
+            "worst": st.integers(0, 3) | values,
+            "tie": st.booleans() | values,
+            "skip": st.booleans(),
+        },
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(plausible | st.dictionaries(keys, values, max_size=5) | values)
+    def post(body) -> None:
+        assert api.post("/api/judge", json=body).status_code in (200, 400, 413, 422)
+
+    post()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows, "the fuzz never posted a valid judgement"
+    assert all(type(row["item"]) is int for row in rows)
+    assert all(all(type(i) is int for i in row.get("ranking", [])) for row in rows)
+    pairs = load_data(str(log), "pairs")
+    assert pairs.read == len(rows) and pairs.rows
+
+
+def test_the_first_response_can_be_the_best(tmp_path: Path) -> None:
+    """Response 0 as the best is a choice, not a missing field."""
+    api = client(saved_label_task(tmp_path / "labels.jsonl"), "label.html")
+    assert api.post("/api/judge", json={"item": 0, "best": 0, "worst": 2}).status_code == 200
+    row = json.loads((tmp_path / "labels.jsonl").read_text())
+    assert (row["judgement"], row["best"], row["worst"]) == ("best_worst", 0, 2)

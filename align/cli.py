@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from align.errors import ConfigError, handled
+from align.errors import ConfigError, handled, stop_on_sigterm
 from align.logs import configure_logging, console, quiet_libraries
 from align.registry import STAGES, Stage
 
@@ -34,6 +34,7 @@ def main(
     if debug:
         os.environ["ALIGN_DEBUG"] = "1"
     configure_logging()
+    stop_on_sigterm()
 
 
 def _option(kind: Any, *names: str, **kwargs: Any) -> Any:

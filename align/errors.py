@@ -36,6 +36,21 @@ class TrainingDiverged(AlignError):
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a scheduler pre-empting the job. Handled as an interrupt, with the exit code 143."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into `Terminated`, so a pre-empted run unwinds like Ctrl-C: checkpoints kept, one
+    line saying how to resume."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def handled(function: Callable[..., Any]) -> Callable[..., Any]:
     """A command whose AlignError becomes one line on stderr and exit code 2 (the traceback with
     ALIGN_DEBUG=1 or `align --debug`); an interrupt says how to resume; a full or read-only disk says
@@ -54,9 +69,10 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
                 raise  # the traceback, for a user debugging their own reward function or data
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            typer.echo(f"{what}; rerun with --resume to continue from the last checkpoint", err=True)
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except OSError as exc:
             if exc.errno not in _STORAGE_ERRORS:
                 raise

@@ -124,3 +124,31 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     rows = [json.loads(line) for line in (killed / "logs/metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r or "score" in r]
     assert steps == sorted(set(steps))  # the log has each step once, in order
+
+
+def test_sigterm_keeps_the_checkpoints_says_how_to_resume_and_exits_143(
+    micro_sft: Path, tmp_path: Path
+) -> None:
+    """A scheduler pre-empting the job (SIGTERM) is an interrupt: one line, exit 143, and --resume finishes."""
+    args, kill_after, _, _ = STAGES["ppo"]
+    command = [sys.executable, "-m", "align.cli", args[0], "--model", str(micro_sft), "--prompts"]
+    command += [
+        str(REPO / "data/synthetic/ppo.jsonl"),
+        *map(str, args[1:]),
+        "--output",
+        str(tmp_path / "ppo"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = tmp_path / "ppo.partial/checkpoints" / kill_after / "state.pt"
+    deadline = time.time() + 300
+    while not done.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "terminated (SIGTERM); rerun with --resume to continue from the last checkpoint"
+    )
+    assert done.exists() and not (tmp_path / "ppo").exists()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

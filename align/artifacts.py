@@ -17,8 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +32,7 @@ from align.errors import ArtifactError
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"  # the previous artifact, for the instant of the swap
+logger = logging.getLogger("align")
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
 
 
@@ -157,8 +160,9 @@ class ArtifactWriter:
         restore_interrupted_swap(self.output)
         if self.output.exists() and not is_artifact(self.output):
             raise ArtifactError(f"{self.output}: exists and is not an align artifact; refusing to replace it")
+        self.lock = OutputLock(self.shared_dir) if self.rank == 0 else None
         if self.work_dir.exists() and (self.rank != 0 or not self.resume):
-            shutil.rmtree(self.work_dir)
+            _empty(self.work_dir, keep=LOCK_FILES if self.rank == 0 else ())
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -211,6 +215,8 @@ class ArtifactWriter:
         resumable = resumable or any(is_artifact(p) for p in self.work_dir.glob("*/*"))
         if exc_type is not None and self.work_dir.exists() and (self.rank != 0 or not resumable):
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release()
 
     def commit(self) -> Artifact:
         if self.rank != 0:  # the main process commits; this one drops its scratch copy
@@ -226,12 +232,14 @@ class ArtifactWriter:
         files = {
             str(p.relative_to(self.work_dir)): sha256_file(p)
             for p in sorted(self.work_dir.rglob("*"))
-            if p.is_file() and p.name != MANIFEST
+            if p.is_file()
+            and p.name != MANIFEST
+            and p.relative_to(self.work_dir).as_posix() not in LOCK_FILES
         }
         manifest = {
             "stage": self.stage,
             "align_version": _version("align"),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _now(),
             "config": self.config,
             "parents": self.parents,
             "data": self.data,
@@ -243,7 +251,67 @@ class ArtifactWriter:
         }
         write_json_atomic(self.work_dir / MANIFEST, manifest)
         _swap_into_place(self.work_dir, self.output)
+        for name in LOCK_FILES:  # held until the artifact is in place; the committed one has none
+            (self.output / name).unlink(missing_ok=True)
+        self.lock.release()
+        self.lock = None
         return load_artifact(self.output)
+
+
+LOCK_FILES = (".align.lock", ".align.holder")  # in `<output>.partial/`: the lock and who holds it
+
+
+class OutputLock:
+    """One run per output: an OS file lock (filelock) in `<output>.partial/`, held for the run's life
+    and released by the OS if the process dies; a second run is refused in one line naming the holder
+    (host, PID, since when), and a lock whose process is gone is taken over with a notice."""
+
+    def __init__(self, directory: Path):
+        from filelock import FileLock, Timeout
+
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArtifactError(f"{directory}: cannot create ({exc.strerror})") from None
+        self.holder = directory / LOCK_FILES[1]
+        self.lock = FileLock(str(directory / LOCK_FILES[0]))
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            raise ArtifactError(
+                f"{directory.with_suffix('')}: another run writes this output ({self._describe()}); wait "
+                "for it, or give another --output"
+            ) from None
+        if self.holder.exists():
+            logger.warning("%s: taking over from a run that is gone (%s)", directory, self._describe())
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+        self.holder.write_text(json.dumps(me), encoding="utf-8")
+
+    def _describe(self) -> str:
+        try:
+            held = json.loads(self.holder.read_text(encoding="utf-8"))
+            return f"host {held['host']}, PID {held['pid']}, since {held['since']}"
+        except (OSError, ValueError, KeyError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        self.holder.unlink(missing_ok=True)
+        self.lock.release()
+
+
+def _empty(directory: Path, keep: tuple[str, ...]) -> None:
+    """Remove what a directory holds, except the named files (this run's lock)."""
+    for child in directory.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def describe(artifact: Artifact) -> list[Any]:

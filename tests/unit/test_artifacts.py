@@ -80,3 +80,37 @@ def test_a_partial_directory_is_not_an_artifact(tmp_path: Path) -> None:
     (tmp_path / "sft.partial").mkdir()
     with pytest.raises(ArtifactError, match="unfinished run"):
         load_artifact(tmp_path / "sft.partial")
+
+
+def test_a_second_run_on_one_output_is_refused_naming_the_holder(
+    runner, micro_base: Path, tmp_path: Path
+) -> None:
+    """While one run holds `X.partial/`, another `--output X` exits 2 in one line naming host, PID and
+    since when, and touches nothing; once the first commits, the output is free and holds no lock."""
+    import os
+
+    from tests.conftest import REPO, invoke
+
+    output = tmp_path / "sft"
+    with ArtifactWriter(output, "sft", {}) as holder:
+        (holder.work_dir / "weights.bin").write_bytes(b"first run")
+        second = invoke(
+            runner, "sft", "--recipe", REPO / "recipes/tiny/sft.yaml", "--model", micro_base,
+            "--output", output, "--max-steps", "1",
+        )  # fmt: skip
+        assert second.exit_code == 2
+        assert "another run writes this output" in second.output and f"PID {os.getpid()}" in second.output
+        assert (holder.work_dir / "weights.bin").read_bytes() == b"first run"
+        holder.commit()
+    assert sorted(p.name for p in output.iterdir()) == ["manifest.json", "weights.bin"]
+    with ArtifactWriter(output, "sft", {}) as again:  # free again
+        again.commit()
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over_with_a_notice(tmp_path: Path, caplog) -> None:
+    partial = tmp_path / "rm.partial"
+    partial.mkdir()
+    (partial / ".align.holder").write_text(json.dumps({"host": "gone", "pid": 999999, "since": "yesterday"}))
+    with caplog.at_level("WARNING", logger="align"), ArtifactWriter(tmp_path / "rm", "rm", {}) as writer:
+        writer.commit()
+    assert "taking over from a run that is gone (host gone, PID 999999, since yesterday)" in caplog.text

@@ -76,12 +76,42 @@ def make_config(cls: type[C], values: dict[str, Any]) -> C:
         raise ConfigError(_describe(cls, exc.errors()[0])) from None
 
 
+MAX_ALIASES = 16  # YAML aliases a recipe may use: a few keep it DRY, nested ones multiply its size
+
+
+class AliasBomb(yaml.YAMLError):
+    """More aliases than MAX_ALIASES: each may expand what it points at many times over."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader, refusing a document with more than MAX_ALIASES aliases before any is
+    expanded (an alias bomb of nine levels of 9x passes gigabytes otherwise)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise AliasBomb(f"more than {MAX_ALIASES} YAML aliases (line {mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader, with an alias limit
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = load_yaml(path.read_text(encoding="utf-8"))
+    except AliasBomb as exc:
+        raise ConfigError(f"{path}: {exc}; write the values out") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -102,7 +132,9 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects section.field=value, got '{item}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except AliasBomb as exc:
+        raise ConfigError(f"--set {key.strip()}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

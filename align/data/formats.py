@@ -43,6 +43,20 @@ _ROLES = {
 _TRANSCRIPT_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
+MAX_ROW_CHARS = 1_000_000  # one row's text: hundreds of times any context a stage trains on
+
+
+def _text_size(value: Any) -> int:
+    """The characters of every string in a row, nested lists and mappings included."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(str(key)) + _text_size(item) for key, item in value.items())
+    if isinstance(value, list):
+        return sum(_text_size(item) for item in value)
+    return 0
+
+
 class Dropped(Exception):
     """A readable row that carries nothing usable; counted under its reason."""
 
@@ -93,6 +107,9 @@ class Dataset:
         """Normalise one raw row into this data set's rows, or count it under the reason it was dropped.
         `where` is the row's location, `origin` the file (or hub data set) it is in."""
         self.read += 1
+        size = _text_size(values)
+        if size > MAX_ROW_CHARS:
+            raise DataError(f"{where}: a row of {size:,} characters, over the limit of {MAX_ROW_CHARS:,}")
         try:
             rows = _NORMALISERS[self.kind](values, where)
         except Dropped as why:

@@ -319,3 +319,24 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_artifact(
     assert error_line("\n".join(lines)).startswith("error: No space left on device writing"), lines
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_a_30_mb_row_is_refused_quickly_naming_file_and_line(
+    runner, micro_base: Path, tmp_path: Path
+) -> None:
+    """A row over the stated limit is an error naming file and line, before any tokenizer sees it."""
+    import json
+    import time
+
+    from align.data.formats import MAX_ROW_CHARS
+
+    rows = synthetic_sft_rows(20)
+    rows[6] = {"instruction": "x" * 30_000_000, "output": "y"}
+    data = tmp_path / "huge.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    started = time.perf_counter()
+    result = invoke(runner, "sft", "--model", micro_base, "--data", data, "--output", tmp_path / "out")
+    assert result.exit_code == 2 and time.perf_counter() - started < 20
+    assert error_line(result.output) == (
+        f"error: {data}:7: a row of 30,000,018 characters, over the limit of {MAX_ROW_CHARS:,}"
+    )

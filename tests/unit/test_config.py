@@ -11,6 +11,7 @@ from align.config import PPOConfig, SFTConfig, build_config
 from align.errors import ConfigError
 from align.pipeline import _stage_config
 from align.registry import STAGES
+from tests.conftest import invoke
 
 REPO = Path(__file__).resolve().parents[2]
 SFT_INPUTS = {"model": "m", "data": "d", "output": "o"}
@@ -121,3 +122,21 @@ def test_every_pipeline_recipe_wires_valid_stage_configs(recipe: Path, tmp_path:
         for field, parent in STAGES[name].inputs.items():
             if parent in spec["stages"]:
                 assert getattr(config, field) == str(tmp_path / parent)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(runner, tmp_path: Path) -> None:
+    """Nine levels of nine aliases under train.trainer would be 9^9 nodes; a few aliases stay fine."""
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\ntrain:\n  trainer: {x: *a9}\n")
+    started = time.perf_counter()
+    result = invoke(runner, "sft", "--recipe", bomb, "--dry-run")
+    assert result.exit_code == 2 and time.perf_counter() - started < 5
+    assert f"{bomb}: more than 16 YAML aliases (line 3)" in result.output
+    dry = tmp_path / "dry.yaml"
+    dry.write_text("lr: &lr 3.0e-4\ntrain: {learning_rate: *lr}\n")
+    assert invoke(runner, "sft", "--recipe", dry, "--dry-run").exit_code == 2  # `lr` is no field, but parsed
+    assert "unknown config key 'lr'" in invoke(runner, "sft", "--recipe", dry, "--dry-run").output

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from align.distributed import process_rank, wait_for_all_processes
-from align.errors import ArtifactError
+from align.errors import WRITING, ArtifactError
 
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
@@ -161,6 +161,7 @@ class ArtifactWriter:
         if self.output.exists() and not is_artifact(self.output):
             raise ArtifactError(f"{self.output}: exists and is not an align artifact; refusing to replace it")
         self.lock = OutputLock(self.shared_dir) if self.rank == 0 else None
+        WRITING.append(str(self.shared_dir))  # what a full disk's one-line error names
         if self.work_dir.exists() and (self.rank != 0 or not self.resume):
             _empty(self.work_dir, keep=LOCK_FILES if self.rank == 0 else ())
         try:
@@ -217,6 +218,8 @@ class ArtifactWriter:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         if self.lock is not None:
             self.lock.release()
+        if exc_type is None and str(self.shared_dir) in WRITING:  # a failure keeps it for its error line
+            WRITING.remove(str(self.shared_dir))
 
     def commit(self) -> Artifact:
         if self.rank != 0:  # the main process commits; this one drops its scratch copy

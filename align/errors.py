@@ -36,6 +36,36 @@ class TrainingDiverged(AlignError):
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+# what torch's zip writer and safetensors' Rust writer say when the disk is full or not writable: they
+# raise RuntimeError / SafetensorError, not OSError
+_STORAGE_MESSAGES = {
+    "No space left on device": "No space left on device",
+    "StorageFull": "No space left on device",
+    "unexpected pos": "No space left on device",  # torch.save's inline_container on a full disk
+    "file write failed": "No space left on device",
+    "Read-only file system": "Read-only file system",
+    "ReadOnlyFilesystem": "Read-only file system",
+    "Permission denied": "Permission denied",
+    "PermissionDenied": "Permission denied",
+}
+WRITING: list[str] = []  # the output directories being written now, newest last (ArtifactWriter)
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """`<what failed> writing <path>` when `exc` is a full, read-only or forbidden disk, else None."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRORS:
+        what, path = exc.strerror, exc.filename
+    elif type(exc).__name__ in ("RuntimeError", "SafetensorError"):
+        what = next((name for text, name in _STORAGE_MESSAGES.items() if text in str(exc)), None)
+        path = None
+    else:
+        return None
+    if what is None:
+        return None
+    path = path or (WRITING[-1] if WRITING else None)
+    return f"{what} writing {path}" if path else what
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM: a scheduler pre-empting the job. Handled as an interrupt, with the exit code 143."""
 
@@ -73,14 +103,13 @@ def handled(function: Callable[..., Any]) -> Callable[..., Any]:
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             typer.echo(f"{what}; rerun with --resume to continue from the last checkpoint", err=True)
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
-        except OSError as exc:
-            if exc.errno not in _STORAGE_ERRORS:
+        except Exception as exc:  # noqa: BLE001 - only storage failures are turned into a line
+            failure = storage_failure(exc)
+            if failure is None:
                 raise
             # a full disk or a read-only / forbidden directory: nothing was committed, any earlier artifact stands
-            where = f" writing {exc.filename}" if exc.filename else ""
             typer.echo(
-                f"error: {exc.strerror}{where}; no artifact was replaced (free space or fix permissions, rerun)",
-                err=True,
+                f"error: {failure}; no artifact was replaced (free space or fix permissions, rerun)", err=True
             )
             raise typer.Exit(2) from None
 

@@ -340,3 +340,38 @@ def test_a_30_mb_row_is_refused_quickly_naming_file_and_line(
     assert error_line(result.output) == (
         f"error: {data}:7: a row of 30,000,018 characters, over the limit of {MAX_ROW_CHARS:,}"
     )
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 4221312 vs 4221200",
+        "SafetensorError: Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+        'message: "No space left on device" })',
+    ],
+)
+def test_a_full_disk_in_torch_or_safetensors_is_one_line(
+    runner, micro_base: Path, tmp_path: Path, monkeypatch, failure: str
+) -> None:
+    """torch.save and safetensors report a full disk as RuntimeError / SafetensorError, not OSError: the
+    user still sees one line naming the output being written, exit 2, and nothing at --output."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    kind, _, message = failure.partition(": ")
+
+    def full(*args, **kwargs):
+        raise (RuntimeError if kind == "RuntimeError" else SafetensorError)(message)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(50))
+    result = invoke(
+        runner, "sft", "--model", micro_base, "--data", data, "--output", tmp_path / "out",
+        "--max-steps", "2", "--full", *sets("train.save_steps=0"),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert error_line(result.stderr) == (
+        f"error: No space left on device writing {tmp_path / 'out.partial'}; no artifact was replaced "
+        "(free space or fix permissions, rerun)"
+    )
+    assert not (tmp_path / "out").exists()

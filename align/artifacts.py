@@ -63,7 +63,7 @@ class Artifact:
         """The input artifact of the given stage, resolved relative to this artifact."""
         for record in self.manifest.get("parents", []):
             if record["stage"] == stage:
-                return load_artifact(self.path / record["path"])
+                return load_artifact(os.path.normpath(self.path / record["path"]))
         return None
 
 
@@ -118,7 +118,57 @@ def verify(path: str | Path) -> list[str]:
             problems.append(f"parent {record['stage']}: not found at {record['path']}")
         elif record.get("sha256") and load_artifact(parent).sha256 != record["sha256"]:
             problems.append(f"parent {record['stage']}: its files changed since this artifact was made")
+        else:  # its manifest is the one recorded: are its files still what that manifest says?
+            problems += [f"parent {record['stage']}: {problem}" for problem in verify(parent)]
     return problems
+
+
+def intact(artifact: Artifact) -> Artifact:
+    """The artifact, once every file its manifest lists re-hashes to the recorded sha256: a stage, eval,
+    export, generate and chat load nothing damaged. A file's hash is cached by path, size and mtime, so
+    large weights are read once (`hash_cache_path()`)."""
+    cache = _hash_cache()
+    for name, digest in artifact.manifest["files"].items():
+        if cached_sha256(artifact.path / name, cache) != digest:
+            raise ArtifactError(
+                f"{artifact.path / name}: modified since the artifact was made (sha256 differs from the "
+                f"manifest); `align verify {artifact.path}` lists every such file"
+            )
+    _save_hash_cache(cache)
+    return artifact
+
+
+_HASH_CACHE_ENTRIES = 5000  # the newest files hashed; older entries are only re-hashed if used again
+
+
+def hash_cache_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "align" / "file-hashes.json"
+
+
+def cached_sha256(path: Path, cache: dict[str, list[Any]]) -> str:
+    stat = path.stat()
+    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+    if cache.get(key, [None, None, None])[:2] != stamp:
+        cache[key] = [*stamp, sha256_file(path)]
+    return cache[key][2]
+
+
+def _hash_cache() -> dict[str, list[Any]]:
+    try:
+        return json.loads(hash_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_hash_cache(cache: dict[str, list[Any]]) -> None:
+    """Best effort: a cache that cannot be written only costs a re-hash next time."""
+    kept = dict(list(cache.items())[-_HASH_CACHE_ENTRIES:])
+    try:
+        hash_cache_path().parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(hash_cache_path(), kept)
+    except OSError:
+        pass
 
 
 def content_hash(manifest: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from align.artifacts import Artifact, ArtifactWriter, is_artifact, load_artifact
+from align.artifacts import Artifact, ArtifactWriter, intact, is_artifact, load_artifact
 from align.config import LoraSettings
 from align.errors import ArtifactError, ConfigError
 from align.quantization import load_int8
@@ -48,7 +48,7 @@ class ModelSource:
 def resolve_model(name: str, stages: tuple[str, ...] = POLICY_STAGES) -> ModelSource:
     path = Path(name)
     if is_artifact(path) or path.name.endswith(".partial"):
-        return ModelSource(name, load_artifact(path, expect_stage=stages))
+        return ModelSource(name, intact(load_artifact(path, expect_stage=stages)))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ArtifactError(f"{name}: neither an align artifact nor a model directory (no config.json)")
@@ -103,7 +103,7 @@ def base_source(artifact: Artifact) -> ModelSource:
             raise ArtifactError(
                 f"{artifact.path}: manifest names a '{record['stage']}' base but no such parent"
             )
-        return ModelSource(str(parent.path), parent)
+        return ModelSource(str(parent.path), intact(parent))
     if "path" in record or "hub" in record:
         return ModelSource(record.get("path") or record["hub"])
     raise ArtifactError(f"{artifact.path}: LoRA artifact without a base_model record in its manifest")

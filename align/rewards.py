@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from align.artifacts import Artifact, load_artifact
+from align.artifacts import Artifact, intact, load_artifact
 from align.errors import AlignError, ConfigError
 from align.text.chat import prompt_text
 
@@ -74,7 +74,7 @@ class RewardModel:
 
         from align.models import load_pretrained, pick_device
 
-        artifact = path if isinstance(path, Artifact) else load_artifact(path, expect_stage="rm")
+        artifact = path if isinstance(path, Artifact) else intact(load_artifact(path, expect_stage="rm"))
         device = device or pick_device()
         members = []
         for directory, stats in zip(member_dirs(artifact), _member_statistics(artifact), strict=True):

@@ -179,10 +179,10 @@ def reward_model_from_policy(policy: Any, tokenizer: Any) -> Any:
 def _continued(name: str, tokenizer: Any) -> Any:
     """An RM artifact's trunk and score head (member 0), to train further: a refresh of iterated RLHF
     that starts from what the last RM knew instead of a zeroed head."""
-    from align.artifacts import load_artifact
+    from align.artifacts import intact, load_artifact
     from align.models import load_pretrained
 
-    artifact = load_artifact(name, expect_stage="rm")
+    artifact = intact(load_artifact(name, expect_stage="rm"))
     if artifact.manifest.get("model_format") != "full":
         raise DataError(f"init_reward_model {name}: an RM with full weights is needed")
     model = load_pretrained(AutoModelForSequenceClassification, artifact.model_dir, "a reward model")

@@ -114,3 +114,59 @@ def test_a_lock_whose_process_is_gone_is_taken_over_with_a_notice(tmp_path: Path
     with caplog.at_level("WARNING", logger="align"), ArtifactWriter(tmp_path / "rm", "rm", {}) as writer:
         writer.commit()
     assert "taking over from a run that is gone (host gone, PID 999999, since yesterday)" in caplog.text
+
+
+def test_a_damaged_parent_is_refused_where_it_is_loaded(
+    runner, micro_sft: Path, micro_ppo: Path, tmp_path: Path
+) -> None:
+    """Flipped bytes in a copy of the SFT weights: training, eval and export from it exit 2 naming the
+    file; `align verify` of a child re-verifies the parent's files too."""
+    from tests.conftest import error_line, invoke
+
+    runs = tmp_path / "runs"  # a copy of the micro run: the copied child's parents are the copies
+    shutil.copytree(micro_sft.parent, runs, ignore=shutil.ignore_patterns("*.partial", "hub_*"))
+    sft, ppo = runs / micro_sft.name, runs / micro_ppo.name
+    assert verify(ppo) == []
+    weights = next(
+        name
+        for name in json.loads((sft / "manifest.json").read_text())["files"]
+        if name.endswith(".safetensors")
+    )
+    data = bytearray((sft / weights).read_bytes())
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])
+    (sft / weights).write_bytes(bytes(data))
+    expected = f"error: {sft / weights}: modified since the artifact was made"
+    for command in (
+        ["eval", "--model", sft, "--limit", "4"],
+        ["export", "--model", sft, "--output", tmp_path / "export"],
+        [
+            "dpo",
+            "--model",
+            sft,
+            "--data",
+            "data/synthetic/pairs.jsonl",
+            "--output",
+            tmp_path / "dpo",
+            "--max-steps",
+            "1",
+        ],
+        ["eval", "--model", ppo, "--limit", "4"],  # a child whose base is the damaged copy
+    ):
+        result = invoke(runner, *command)
+        assert result.exit_code == 2, (command, result.output)
+        assert error_line(result.stderr).startswith(expected), result.stderr
+    assert any(problem.startswith("parent sft: ") for problem in verify(ppo))
+
+
+def test_a_file_is_hashed_once_until_it_changes(micro_sft: Path, tmp_path: Path, monkeypatch) -> None:
+    import align.artifacts as artifacts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    hashed = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path: hashed.append(path) or real(path))
+    artifact = load_artifact(micro_sft)
+    artifacts.intact(artifact)
+    first = len(hashed)
+    artifacts.intact(artifact)
+    assert first == len(artifact.manifest["files"]) and len(hashed) == first

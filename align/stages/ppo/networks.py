@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from align.artifacts import Artifact, load_artifact
+from align.artifacts import Artifact, intact, load_artifact
 from align.config import PPOConfig
 from align.errors import ConfigError
 from align.models import ModelSource, disable_dropout, load_policy, lora_config
@@ -106,7 +106,7 @@ def _policy(
 def _continued_adapter(name: str, source: ModelSource) -> Artifact:
     """The PPO artifact a policy continues (iterated RLHF): a LoRA adapter trained on `source` itself, so
     that with the adapter off the reference is still `source`, not the policy being continued."""
-    artifact = load_artifact(name, expect_stage="ppo")
+    artifact = intact(load_artifact(name, expect_stage="ppo"))
     base = artifact.parent(artifact.manifest.get("base_model", {}).get("stage", ""))
     if artifact.manifest.get("model_format") != "lora" or base is None or source.artifact is None:
         raise ConfigError(f"init_adapter {name}: not a LoRA PPO artifact of an artifact policy")

@@ -151,5 +151,15 @@ class Processes:
             return rank_major[torch.tensor(order, device=rank_major.device)]
         return [rank_major[i] for i in order]
 
+    def from_main(self, value: Any) -> Any:
+        """The main process's `value`, on every process (a collective)."""
+        if self.size == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()

@@ -27,3 +27,14 @@ def nan(prompts: list[str], responses: list[str]) -> list[float]:
 
 def words(prompts: list[str], responses: list[str]) -> list[str]:
     return ["good"] * len(responses)
+
+
+_CALLS = [0]
+
+
+def interrupted_at_5(prompts: list[str], responses: list[str]) -> list[float]:
+    """`longer`, until its 5th call (PPO's 5th step): then the run is interrupted as by Ctrl-C."""
+    _CALLS[0] += 1
+    if _CALLS[0] == 5:
+        raise KeyboardInterrupt
+    return longer(prompts, responses)

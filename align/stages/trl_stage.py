@@ -21,6 +21,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
 from align.artifacts import Artifact, ArtifactWriter
+from align.checkpoints import newest_intact, seal
 from align.config import OnlineConfig, TrainSettings, to_dict
 from align.data import load_data
 from align.distributed import on_accelerator
@@ -181,7 +182,7 @@ def callbacks(logs: Path, tensorboard: bool) -> list[TrainerCallback]:
 
     logs.mkdir(parents=True, exist_ok=True)
     board = [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs)))] if tensorboard else []
-    return [MetricsLogger(logs / "metrics.jsonl"), *board, DivergenceGuard()]
+    return [MetricsLogger(logs / "metrics.jsonl"), *board, DivergenceGuard(), SealCheckpoint()]
 
 
 # the figures a progress line shows, from what each trainer logs
@@ -218,16 +219,25 @@ class LineProgress(TrainerCallback):
 
 
 def last_complete_checkpoint(root: Path) -> str | None:
-    """The newest checkpoint the trainer finished writing: its trainer_state.json is written last, so a
-    checkpoint cut short by a kill has none and is skipped."""
+    """The newest checkpoint that re-hashes as sealed (`SealCheckpoint`): one cut short by a kill has no
+    record and one damaged since fails it; each is set aside with a notice (`align/checkpoints.py`)."""
     if not root.is_dir():
         return None
-    done = [
-        p
-        for p in root.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+    found = sorted(
+        (p for p in root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    latest = newest_intact(found)
+    return None if latest is None else str(latest)
+
+
+class SealCheckpoint(TrainerCallback):
+    """Records every file's sha256 in the checkpoint the trainer just wrote, so `--resume` can prove it."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and directory.is_dir():
+            seal(directory)
 
 
 def evaluate_loss(trainer: Any) -> dict[str, float]:

@@ -4,6 +4,7 @@ by the kill): no artifact appears, and `--resume` finishes with the metrics of a
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from align.artifacts import load_artifact
-from tests.conftest import REPO, logged_steps, sets, synthetic_sft_rows, untimed, write_jsonl
+from tests.conftest import REPO, error_line, logged_steps, sets, synthetic_sft_rows, untimed, write_jsonl
 
 FAST = sets("train.logging_steps=10", "train.eval_steps=0", "max_length=96")
 STAGES = {
@@ -152,3 +153,105 @@ def test_sigterm_keeps_the_checkpoints_says_how_to_resume_and_exits_143(
     assert done.exists() and not (tmp_path / "ppo").exists()
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+PPO_CHECKPOINTED = [
+    "ppo", "--max-steps", "6", "--prompts", str(REPO / "data/synthetic/ppo.jsonl"),
+    *sets("train.save_steps=2", "ppo.rollouts=16", "ppo.mini_batch_size=8", "ppo.micro_batch_size=8",
+          "ppo.max_new_tokens=12", "ppo.sample_every=0"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def interrupted_ppo(micro_sft: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PPO run interrupted at step 5, its checkpoints step-2 and step-4 in `ppo.partial/`."""
+    root = tmp_path_factory.mktemp("interrupted")
+    command = [sys.executable, "-m", "align.cli", *PPO_CHECKPOINTED, "--model", str(micro_sft)]
+    result = subprocess.run(
+        [*command, "--reward", "tests.rewards:interrupted_at_5", "--output", str(root / "ppo")],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert sorted(p.name for p in (root / "ppo.partial/checkpoints").iterdir()) == ["step-2", "step-4"]
+    return root / "ppo.partial"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-64:] = bytes(b ^ 0xFF for b in data[-64:])
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated policy.safetensors": ("policy.safetensors", _truncate, "modified"),
+    "64 flipped bytes in policy.safetensors": ("policy.safetensors", _flip, "modified"),
+    "truncated optimizers.pt": ("optimizers.pt", _truncate, "modified"),
+    "truncated state.pt": ("state.pt", _truncate, "modified"),
+    "garbled progress.json": ("progress.json", lambda p: p.write_text("{garbled"), "modified"),
+    "empty rng-0.pt": ("rng-0.pt", lambda p: p.write_bytes(b""), "modified"),
+    "missing critic.safetensors": ("critic.safetensors", lambda p: p.unlink(), "missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_an_older_one(
+    interrupted_ppo: Path, micro_sft: Path, tmp_path: Path, damage: str
+) -> None:
+    name, spoil, word = DAMAGE[damage]
+    partial = tmp_path / "ppo.partial"
+    shutil.copytree(interrupted_ppo, partial)
+    spoil(partial / "checkpoints/step-4" / name)
+    command = [sys.executable, "-m", "align.cli", *PPO_CHECKPOINTED, "--model", str(micro_sft)]
+    command += ["--reward", "tests.rewards:longer", "--output", str(tmp_path / "ppo"), "--resume"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"step-4: {name} {word}" in result.stderr and "set aside as damaged-step-4" in result.stderr
+    assert not any(line.startswith("Traceback") for line in result.stderr.splitlines())
+    assert load_artifact(tmp_path / "ppo").metrics["steps"] == 6
+
+
+def test_when_no_checkpoint_is_intact_the_resume_stops_in_one_line(
+    interrupted_ppo: Path, micro_sft: Path, tmp_path: Path
+) -> None:
+    partial = tmp_path / "ppo.partial"
+    shutil.copytree(interrupted_ppo, partial)
+    for step in ("step-2", "step-4"):
+        _flip(partial / "checkpoints" / step / "policy.safetensors")
+    command = [sys.executable, "-m", "align.cli", *PPO_CHECKPOINTED, "--model", str(micro_sft)]
+    command += ["--reward", "tests.rewards:longer", "--output", str(tmp_path / "ppo"), "--resume"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_line(result.stderr) == (
+        f"error: {partial / 'checkpoints'}: no intact checkpoint to resume from (step-4: policy.safetensors "
+        "modified (sha256 differs from checksums.json); step-2: policy.safetensors modified (sha256 differs "
+        "from checksums.json)); rerun without --resume"
+    )
+
+
+def test_a_damaged_trainer_checkpoint_is_set_aside_too(micro_base: Path, tmp_path: Path) -> None:
+    """SFT (a Trainer stage) killed after a few checkpoints; flipped bytes in the newest one's weights:
+    the resume names it, sets it aside and continues from the one before."""
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(400))
+    command = [sys.executable, "-m", "align.cli", "sft", "--model", str(micro_base), "--data", str(data)]
+    command += ["--max-steps", "40", "--full", *sets("train.save_steps=2"), "--output", str(tmp_path / "sft")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = tmp_path / "sft.partial/checkpoints"
+    deadline = time.time() + 300
+    while not (root / "checkpoint-4" / "checksums.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    sealed = sorted(
+        (p for p in root.glob("checkpoint-*") if (p / "checksums.json").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    newest, before = sealed[-1], sealed[-2]
+    _flip(newest / "model.safetensors")
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{newest.name}: model.safetensors modified" in resumed.stderr
+    assert load_artifact(tmp_path / "sft").metrics["resumed_from"] == before.name

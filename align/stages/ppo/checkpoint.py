@@ -9,8 +9,9 @@
     <output>.partial/checkpoints/best/policy.safetensors   the best validation step's policy (keep-best)
 
 Gathering is a collective, so every process takes part; only the main process writes, then all wait.
-A checkpoint is written as `.step-N.tmp` and renamed when complete; the last `train.save_total_limit`
-are kept.
+A checkpoint is written as `.step-N.tmp`, sealed with every file's sha256 (`align/checkpoints.py`)
+and renamed when complete; the last `train.save_total_limit` are kept. `--resume` loads the newest one
+that re-hashes intact.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from align.checkpoints import newest_intact, seal
 from align.errors import DataError
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ def save(loop: PPOLoop) -> None:
         if loop.data.validation is not None:
             progress["validation"] = loop.data.validation.state_dict()
         (tmp / "progress.json").write_text(json.dumps(progress))
+        seal(tmp)
         tmp.rename(final)
         for old in checkpoints(root)[: -loop.train_settings.save_total_limit]:
             shutil.rmtree(old)
@@ -76,10 +79,17 @@ def save(loop: PPOLoop) -> None:
 
 def load(loop: PPOLoop) -> None:
     """Restore the newest complete checkpoint, if any, into the loop (every process reads it)."""
-    found = checkpoints(loop.writer.checkpoints_dir)
-    if not found:
+    processes, latest = loop.processes, None
+    if processes.is_main:  # the main process checks and sets aside; every process loads what it found
+        try:
+            latest = newest_intact(checkpoints(loop.writer.checkpoints_dir))
+        except DataError as exc:
+            latest = exc
+    latest = processes.from_main(latest)
+    if isinstance(latest, DataError):
+        raise latest
+    if latest is None:
         return
-    latest, processes = found[-1], loop.processes
     optimizers = torch.load(latest / "optimizers.pt", weights_only=True)
     for name, model, optimizer in _trained(loop):
         _set_full_state(model, optimizer, load_file(str(latest / f"{name}.safetensors")), optimizers[name])

@@ -52,7 +52,16 @@ class Artifact:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self.manifest.get("metrics", {})
+        """The training record's figures, and those of the newest evaluation on the default eval set (the
+        headline keys `align eval` has always given: gold_sampled, kl_to_reference...)."""
+        quoted = self.evaluation
+        return {**self.manifest.get("metrics", {}), **(quoted["figures"] if quoted else {})}
+
+    @property
+    def evaluation(self) -> dict[str, Any] | None:
+        """The evaluation `metrics` quotes: the newest record on the default eval set, or None."""
+        records = [record for record in evaluations(self) if record["evaluated"].get("default")]
+        return records[-1] if records else None
 
     @property
     def sha256(self) -> str:
@@ -384,8 +393,14 @@ def describe(artifact: Artifact) -> list[Any]:
     data = manifest.get("data") or {}
     if data:
         lines.append(f"data: {data.get('source')} ({data.get('rows')} rows, dropped {data.get('dropped')})")
+    quoted = artifact.evaluation
+    if quoted is not None:
+        evaluated = quoted["evaluated"]
+        lines.append(
+            f"evaluation: {evaluated['prompts']} ({evaluated['rows']} prompts), {EVALUATIONS}/{quoted['key']}.json"
+        )
     table = Table("metric", "value", title="metrics")
-    for key, value in manifest.get("metrics", {}).items():
+    for key, value in artifact.metrics.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     return [*lines, table]
 
@@ -417,12 +432,32 @@ def lineage(artifact: Artifact) -> list[Artifact]:
     return chain
 
 
-def update_metrics(artifact: Artifact, metrics: dict[str, Any]) -> Artifact:
-    """Add figures measured after the run (e.g. by `align eval`) to an artifact's manifest."""
-    manifest = dict(artifact.manifest)
-    manifest["metrics"] = {**manifest.get("metrics", {}), **metrics}
-    write_json_atomic(artifact.path / MANIFEST, manifest)
-    return Artifact(artifact.path, manifest)
+EVALUATIONS = "evaluations"  # beside the committed files: one record per thing evaluated
+
+
+def record_evaluation(artifact: Artifact, evaluated: dict[str, Any], figures: dict[str, Any]) -> Path:
+    """Keep an evaluation's figures in `evaluations/<key>.json`, the key a hash of what was evaluated
+    (prompt set and its sha256, decoding, limit): the same evaluation again adds to its record, another
+    never touches it, and the committed files (weights, tokenizer, manifest) never change."""
+    key = hashlib.sha256(json.dumps(evaluated, sort_keys=True).encode()).hexdigest()[:16]
+    path = artifact.path / EVALUATIONS / f"{key}.json"
+    earlier = json.loads(path.read_text(encoding="utf-8"))["figures"] if path.is_file() else {}
+    path.parent.mkdir(exist_ok=True)
+    write_json_atomic(path, {"evaluated": evaluated, "updated": _now(), "figures": {**earlier, **figures}})
+    return path
+
+
+def evaluations(artifact: Artifact) -> list[dict[str, Any]]:
+    """Every evaluation recorded beside the artifact, oldest first (an unreadable record is skipped)."""
+    records = []
+    for path in sorted((artifact.path / EVALUATIONS).glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and {"evaluated", "figures", "updated"} <= record.keys():
+            records.append({**record, "key": path.stem})
+    return sorted(records, key=lambda record: record["updated"])
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

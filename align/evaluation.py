@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from align.artifacts import update_metrics
+from align.artifacts import record_evaluation
 from align.config import EvalConfig
 from align.data import load_data
 from align.data.synthetic import FAMILIES, family_of, flaw_of, gold_reward, parse_task
@@ -75,7 +75,8 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
     tokenizer = load_tokenizer(source)
     device = pick_device()
     model = load_policy(source, inference=True).to(device)
-    rows = load_data(config.prompts, "prompts", config.limit).rows
+    data = load_data(config.prompts, "prompts", config.limit)
+    rows = data.rows
     prompts = [prompt_text(tokenizer, row["prompt"]) for row in rows]
     synthetic = all(family_of(p) != "unknown" for p in prompts)
     reference = _reference(config, source)
@@ -113,9 +114,25 @@ def _evaluate(config: EvalConfig, scorer: RewardModel | None) -> tuple[dict[str,
     if config.perplexity_data:
         texts = [row["text"] for row in load_data(config.perplexity_data, "text", config.limit).rows]
         results["text_perplexity"] = perplexity(model, tokenizer, texts, config.batch_size)
-    if config.write_manifest and source.artifact is not None:
-        update_metrics(source.artifact, results)
+    if config.record and source.artifact is not None:
+        record_evaluation(source.artifact, evaluated(config, data), results)
     return results, prompts, sampled
+
+
+def evaluated(config: EvalConfig, data: Any) -> dict[str, Any]:
+    """What an evaluation's figures are of: the prompt set (by sha256), how many, how decoded; `default`
+    when it is the default eval set, whose figures an artifact's headline metrics quote."""
+    return {
+        "prompts": data.source.name,
+        "prompts_sha256": data.source.sha256,
+        "rows": len(data.rows),
+        "limit": config.limit,
+        "temperature": config.temperature,
+        "greedy": config.greedy,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+        "default": config.prompts == EvalConfig.model_fields["prompts"].default,
+    }
 
 
 def best_of_n_kl(n: int) -> float:

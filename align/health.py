@@ -83,8 +83,9 @@ def _policy(m: dict[str, Any], artifact: Artifact) -> tuple[list[str], list[str]
         notes.append(f"best validation step {m['best_step']}")
     if m.get("stopped"):
         problems.append(f"stopped early: {m['stopped']}")
-    if "gold_sampled" in m:
-        notes.append(f"gold {m['gold_sampled']:.3f}")
+    if "gold_sampled" in m and artifact.evaluation is not None:
+        quoted = artifact.evaluation["evaluated"]
+        notes.append(f"gold {m['gold_sampled']:.3f} (eval {quoted['prompts']}, {quoted['rows']} prompts)")
     return problems, notes
 
 

@@ -246,6 +246,12 @@ def _gain(values: list[float]) -> list[float]:
     return [v - smooth[0] for v in smooth]
 
 
+def _quoted(record: dict) -> str:
+    """Which evaluation a row quotes: its prompt set, how many prompts, its key under evaluations/."""
+    evaluated = record["evaluated"]
+    return f"{evaluated['prompts']}, {evaluated['rows']} prompts, T={evaluated['temperature']} (`{record['key']}`)"
+
+
 def _markdown(run_dir: Path, artifacts: dict[str, Artifact], plots: list[str]) -> str:
     lines = [f"# align report: {run_dir}", "", "## Health", ""]
     for name, artifact in artifacts.items():
@@ -253,18 +259,20 @@ def _markdown(run_dir: Path, artifacts: dict[str, Artifact], plots: list[str]) -
         lines.append(f"- {'✓' if healthy else '⚠'} `{name}` ({artifact.stage}): {why}")
     lines += ["", "## Policies on the held-out prompts", ""]
     lines += [
-        "| artifact | stage | gold (T=0.7) | gold greedy | RM score | KL to SFT | text perplexity |",
-        "|---|---|---|---|---|---|---|",
+        "| artifact | stage | gold (T=0.7) | gold greedy | RM score | KL to SFT | text perplexity | evaluation |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, metrics in _evaluated(artifacts).items():
         cells = [
             metrics.get(k)
             for k in ("gold_sampled", "gold_greedy", "rm_score_sampled", "kl_to_reference", "text_perplexity")
         ]
+        quoted = artifacts[name].evaluation
+        source = "-" if quoted is None else _quoted(quoted)
         lines.append(
             f"| {name} | {artifacts[name].stage} | "
             + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
-            + " |"
+            + f" | {source} |"
         )
     for name, artifact in artifacts.items():
         if artifact.stage == "rm":

@@ -85,7 +85,7 @@ def evaluated(policy: Path, chain: Path, split: str, report: Path) -> dict:
         align(
             "eval", "--model", str(policy), "--prompts", SPLITS[split], "--reward-model", str(chain / "rm"),
             "--reference", str(chain / "sft"), "--limit", "100000", "--json", str(report),
-            "--set", "write_manifest=false", *extra,
+            "--set", "record=false", *extra,
         )  # fmt: skip
     return json.loads(report.read_text())
 

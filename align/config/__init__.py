@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from align.config.settings import *  # noqa: F403 - the config API is this package's
 from align.config.settings import Settings
 from align.config.stages import *  # noqa: F403
-from align.config.stages import PPOConfig
+from align.config.stages import EvalConfig, PPOConfig
 from align.errors import ConfigError
 
 C = TypeVar("C", bound=Settings)
@@ -29,6 +29,7 @@ logger = logging.getLogger("align")
 
 # Old key -> new key, per config: recipes and scripts in the wild keep working (with a notice).
 RENAMED: dict[type, dict[str, str]] = {
+    EvalConfig: {"write_manifest": "record"},
     PPOConfig: {
         "ppo.steps": "train.max_steps",
         "ppo.learning_rate": "train.learning_rate",
@@ -36,7 +37,7 @@ RENAMED: dict[type, dict[str, str]] = {
         "ppo.log_every": "train.logging_steps",
         "ppo.save_every": "train.save_steps",
         "ppo.max_grad_norm": "train.max_grad_norm",
-    }
+    },
 }
 ALTERNATIVES = (("reward_model", "reward"),)  # giving one unsets the recipe's other
 

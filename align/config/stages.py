@@ -353,7 +353,7 @@ class EvalConfig(EnsembleJudging):
     best_of_n: list[int] = []  # best-of-n baselines (needs reward_model)
     shortest_of_n: list[int] = []  # the shortest of n samples: does saying less win?
     perplexity_data: str | None = None  # a text set whose perplexity is reported
-    write_manifest: bool = True  # store the figures in the artifact's manifest metrics
+    record: bool = True  # keep the figures beside the artifact, in evaluations/<what was evaluated>.json
 
     @model_validator(mode="after")
     def _inputs(self) -> EvalConfig:

@@ -30,7 +30,7 @@ def test_the_tiny_recipe_aligns_its_sft_policy(runner, tmp_path: Path, monkeypat
 
     aligned = tmp_path / "tiny" / list(stages)[-1]
     figures = {
-        name: run(EvalConfig(model=str(path), limit=EVAL_PROMPTS, write_manifest=False))
+        name: run(EvalConfig(model=str(path), limit=EVAL_PROMPTS, record=False))
         for name, path in (("sft", tmp_path / "tiny/sft"), ("aligned", aligned))
     }
     sft, policy = figures["sft"], figures["aligned"]

@@ -105,8 +105,8 @@ def test_pipeline_chains_stages_and_reruns_only_what_changed(runner, tmp_path: P
     again = invoke(runner, "pipeline", "--recipe", recipe)
     assert outcomes(again) == ["skipped"] * 4
 
-    micro["ppo"]["ppo.kl_coef"] = 0.2
+    micro["ppo"]["ppo.kl_coef"] = 0.3
     recipe.write_text(yaml.safe_dump({"run": str(tmp_path / "run"), "stages": stages, "set": micro}))
     changed = invoke(runner, "pipeline", "--recipe", recipe)
     assert outcomes(changed) == ["skipped"] * 3 + ["ran"]
-    assert load_artifact(tmp_path / "run/ppo").manifest["config"]["ppo"]["kl_coef"] == 0.2
+    assert load_artifact(tmp_path / "run/ppo").manifest["config"]["ppo"]["kl_coef"] == 0.3

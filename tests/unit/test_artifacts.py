@@ -170,3 +170,36 @@ def test_a_file_is_hashed_once_until_it_changes(micro_sft: Path, tmp_path: Path,
     first = len(hashed)
     artifacts.intact(artifact)
     assert first == len(artifact.manifest["files"]) and len(hashed) == first
+
+
+def test_evaluations_are_kept_apart_and_never_touch_the_committed_files(
+    runner, micro_sft: Path, tmp_path: Path
+) -> None:
+    """`align eval` on the default set and on another keeps two records keyed by what was evaluated; the
+    manifest is byte for byte what was committed, and the headline metrics quote the default set's."""
+    from tests.conftest import REPO, invoke
+
+    runs = tmp_path / "runs"
+    shutil.copytree(
+        micro_sft.parent, runs, ignore=shutil.ignore_patterns("*.partial", "hub_*", "evaluations")
+    )
+    sft = runs / micro_sft.name
+    for name in ("pretrain", "sft"):
+        shutil.rmtree(runs / name / "evaluations", ignore_errors=True)
+    committed = {p: p.read_bytes() for p in sft.rglob("*") if p.is_file()}
+    default = invoke(runner, "eval", "--model", sft, "--limit", "8", "--json", tmp_path / "default.json")
+    other = invoke(
+        runner, "eval", "--model", sft, "--limit", "6", "--prompts", REPO / "data/synthetic/dev.jsonl"
+    )
+    assert default.exit_code == 0 and other.exit_code == 0, other.output
+    assert {p: p.read_bytes() for p in committed} == committed
+    records = sorted((sft / "evaluations").glob("*.json"))
+    assert len(records) == 2
+    artifact = load_artifact(sft)
+    quoted = artifact.evaluation
+    assert quoted["evaluated"]["prompts"].endswith("eval.jsonl") and quoted["evaluated"]["rows"] == 8
+    assert (
+        artifact.metrics["gold_sampled"]
+        == json.loads((tmp_path / "default.json").read_text())["gold_sampled"]
+    )
+    assert verify(sft) == []

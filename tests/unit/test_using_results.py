@@ -65,7 +65,7 @@ def test_eval_compares_policies_by_win_rate(runner, micro_sft: Path, micro_ppo: 
         "--limit",
         "24",
         "--set",
-        "write_manifest=false",
+        "record=false",
         "--json",
         out,
     )
@@ -115,7 +115,8 @@ def test_report_plots_every_stage(micro_evaluated: Path, tmp_path: Path, runner)
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for policy in ("sft", "ppo", "dpo"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {policy} |"))
-        assert row.count("|") == 8 and " - | - | - | - |" not in row  # measured figures, not blanks
+        assert row.count("|") == 9 and " - | - | - | - |" not in row  # measured figures, not blanks
+        assert row.endswith(" prompts, T=0.7 (`" + row.split("`")[-2] + "`) |")  # which evaluation it quotes
 
 
 def test_report_points_come_from_the_manifests(micro_evaluated: Path) -> None:

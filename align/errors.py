@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -70,15 +71,40 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: a scheduler pre-empting the job. Handled as an interrupt, with the exit code 143."""
 
 
+class _Termination:
+    """Where a SIGTERM goes: inside a training loop that checkpoints at step boundaries, it only asks
+    the loop to stop at the next one (`requested`); anywhere else it interrupts at once."""
+
+    at_step_boundaries = False
+    requested = False
+
+
 def stop_on_sigterm() -> None:
-    """Turn SIGTERM into `Terminated`, so a pre-empted run unwinds like Ctrl-C: checkpoints kept, one
-    line saying how to resume."""
+    """Turn SIGTERM into a stop: at the next step boundary of a training loop (with a checkpoint), else
+    at once; either way it unwinds as `Terminated`, with one line saying how to resume."""
     import signal
 
     def terminate(signum: int, frame: Any) -> None:
-        raise Terminated
+        if not _Termination.at_step_boundaries:
+            raise Terminated
+        _Termination.requested = True
 
     signal.signal(signal.SIGTERM, terminate)
+
+
+@contextlib.contextmanager
+def step_boundaries() -> Iterator[None]:
+    """Run a training loop that checks `termination_requested()` after each step, checkpoints, and
+    raises `Terminated`."""
+    _Termination.at_step_boundaries = True
+    try:
+        yield
+    finally:
+        _Termination.at_step_boundaries = False
+
+
+def termination_requested() -> bool:
+    return _Termination.requested
 
 
 def handled(function: Callable[..., Any]) -> Callable[..., Any]:

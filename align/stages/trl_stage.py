@@ -25,7 +25,7 @@ from align.checkpoints import newest_intact, seal
 from align.config import OnlineConfig, TrainSettings, to_dict
 from align.data import load_data
 from align.distributed import on_accelerator
-from align.errors import ConfigError, TrainingDiverged
+from align.errors import ConfigError, Terminated, TrainingDiverged, step_boundaries, termination_requested
 from align.logs import ProgressLines, interactive
 from align.models import load_policy, load_tokenizer, lora_config, pick_device, resolve_model, save_policy
 from align.rewards import judge_of, trl_reward
@@ -88,7 +88,10 @@ def fit(
     _show_progress(trainer, writer.stage)
     checkpoint = last_complete_checkpoint(checkpoints) if resume else None
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    with step_boundaries():
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    if termination_requested():  # the trainer saved this step and stopped (StopOnTermination)
+        raise Terminated
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return trainer, {
         "train_loss": output.training_loss,
@@ -182,7 +185,13 @@ def callbacks(logs: Path, tensorboard: bool) -> list[TrainerCallback]:
 
     logs.mkdir(parents=True, exist_ok=True)
     board = [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(logs)))] if tensorboard else []
-    return [MetricsLogger(logs / "metrics.jsonl"), *board, DivergenceGuard(), SealCheckpoint()]
+    return [
+        MetricsLogger(logs / "metrics.jsonl"),
+        *board,
+        DivergenceGuard(),
+        StopOnTermination(),
+        SealCheckpoint(),
+    ]
 
 
 # the figures a progress line shows, from what each trainer logs
@@ -229,6 +238,15 @@ def last_complete_checkpoint(root: Path) -> str | None:
     )
     latest = newest_intact(found)
     return None if latest is None else str(latest)
+
+
+class StopOnTermination(TrainerCallback):
+    """After a SIGTERM, save a checkpoint at the end of this step and stop training."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if termination_requested():
+            control.should_save = True
+            control.should_training_stop = True
 
 
 class SealCheckpoint(TrainerCallback):

@@ -130,7 +130,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
 def test_sigterm_keeps_the_checkpoints_says_how_to_resume_and_exits_143(
     micro_sft: Path, tmp_path: Path
 ) -> None:
-    """A scheduler pre-empting the job (SIGTERM) is an interrupt: one line, exit 143, and --resume finishes."""
+    """A scheduler pre-empting the job (SIGTERM): a checkpoint at the next step boundary, one line, exit
+    143, and --resume finishes."""
     args, kill_after, _, _ = STAGES["ppo"]
     command = [sys.executable, "-m", "align.cli", args[0], "--model", str(micro_sft), "--prompts"]
     command += [
@@ -151,6 +152,8 @@ def test_sigterm_keeps_the_checkpoints_says_how_to_resume_and_exits_143(
         "terminated (SIGTERM); rerun with --resume to continue from the last checkpoint"
     )
     assert done.exists() and not (tmp_path / "ppo").exists()
+    saved = [int(p.name.split("-")[1]) for p in (tmp_path / "ppo.partial/checkpoints").glob("step-*")]
+    assert max(saved) > int(kill_after.split("-")[1]), saved  # a checkpoint at the step it stopped
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
@@ -255,3 +258,27 @@ def test_a_damaged_trainer_checkpoint_is_set_aside_too(micro_base: Path, tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{newest.name}: model.safetensors modified" in resumed.stderr
     assert load_artifact(tmp_path / "sft").metrics["resumed_from"] == before.name
+
+
+def test_sigterm_in_a_trainer_stage_saves_the_step_it_stops_at(micro_base: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_sft_rows(400))
+    command = [sys.executable, "-m", "align.cli", "sft", "--model", str(micro_base), "--data", str(data)]
+    command += [
+        "--max-steps",
+        "400",
+        "--full",
+        *sets("train.save_steps=50"),
+        "--output",
+        str(tmp_path / "sft"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = tmp_path / "sft.partial/checkpoints"
+    deadline = time.time() + 300
+    while not (root / "checkpoint-50" / "checksums.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    steps = sorted(int(p.name.split("-")[1]) for p in root.glob("checkpoint-*"))
+    assert steps[-1] > 50 and steps[-1] % 50, steps  # saved where it stopped, not at a save_steps multiple
+    assert (root / f"checkpoint-{steps[-1]}" / "checksums.json").exists()

@@ -26,7 +26,7 @@ from align.decoding.engines import GenerateEngine, LeanEngine, rollout_uniforms
 from align.decoding.logprobs import response_logprobs
 from align.decoding.packing import batch_layout
 from align.distributed import Processes
-from align.errors import AlignError, TrainingDiverged
+from align.errors import AlignError, Terminated, TrainingDiverged, step_boundaries, termination_requested
 from align.logs import ProgressLines, interactive
 from align.rewards import RewardFn
 from align.stages.ppo import checkpoint, core
@@ -135,11 +135,16 @@ class PPOLoop:
         s, validation, total = self.settings, self.data.validation, self.train_settings.max_steps
         main = self.processes.is_main
         lines = ProgressLines("ppo", total, max(self.train_settings.logging_steps, total // 20), self.step)
-        with self.logbook, Progress(transient=True, disable=not (main and interactive())) as progress:
+        with (
+            self.logbook,
+            step_boundaries(),
+            Progress(transient=True, disable=not (main and interactive())) as progress,
+        ):
             task = progress.add_task("ppo", total=total, completed=self.step)
             if validation is not None and validation.prompts and not validation.curve:
                 self._validate()  # step 0: the SFT policy is a candidate too
             while self.step < total and self.stopped is None:
+                self._stop_if_terminated()
                 try:
                     stats = self.iteration()
                 except TrainingDiverged as exc:
@@ -224,6 +229,14 @@ class PPOLoop:
             pairs = zip(trajectory.prompt_texts[:3], trajectory.response_texts[:3], strict=True)
             stats["samples"] = [{"prompt": p[-80:], "response": r} for p, r in pairs]
         return stats
+
+    def _stop_if_terminated(self) -> None:
+        """At a step boundary after a SIGTERM on any process: checkpoint this step, then stop."""
+        asked = self.processes.total(torch.tensor(float(termination_requested())))
+        if float(asked) > 0:
+            if self.step and not (self.writer.checkpoints_dir / f"step-{self.step}").is_dir():
+                checkpoint.save(self)
+            raise Terminated
 
     def update(
         self, trajectory: Trajectory, advantages: torch.Tensor, returns: torch.Tensor

@@ -28,7 +28,7 @@ from align.data import load_data
 from align.decoding.generate import Decoding, sample_texts
 from align.models import load_policy, load_tokenizer, pick_device, record_base, resolve_model
 from align.rewards import RewardFn, judge_of
-from align.text.chat import prompt_text
+from align.text.chat import context_length, fitting_prompts, prompt_text
 
 
 def run(config: PairsConfig, resume: bool = False) -> Artifact:
@@ -39,6 +39,7 @@ def run(config: PairsConfig, resume: bool = False) -> Artifact:
     device = pick_device()
     judge_artifact, judge = judge_of(config, device)
     policy = load_policy(source, config.trust_remote_code, inference=True).to(device)
+    fitting_prompts(prompts, tokenizer, context_length(policy.config) - config.sampling.max_new_tokens)
     with ArtifactWriter(config.output, "pairs", to_dict(config), resume) as writer:
         rows, stats = sample_pairs(
             policy, tokenizer, [r["prompt"] for r in prompts.rows], judge, config.sampling, config.seed

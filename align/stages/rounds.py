@@ -95,7 +95,8 @@ def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 def pair_accuracy(reward_model: Artifact, pairs_file: Path) -> float:
     """The share of a pairs file's pairs that the RM ranks as the judge did."""
     scorer = RewardModel.load(reward_model, "cpu")
-    rows = tokenize_pairs(load_data(str(pairs_file), "pairs"), scorer.tokenizer, 512, 0.0, "keep_end")
+    context = scorer.model.config.max_position_embeddings  # a longer pair keeps its end, as the RM trained
+    rows = tokenize_pairs(load_data(str(pairs_file), "pairs"), scorer.tokenizer, context, 0.0, "keep_end")
     return round(reward_model_report(scorer, rows, "held")["held_accuracy"], 4)
 
 

@@ -52,3 +52,23 @@ def encode_prompt_completion(
     if ids[: len(prompt_ids)] != prompt_ids:
         raise ValueError("the chat template renders the prompt differently inside the conversation")
     return {"input_ids": ids, "completion_mask": [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))}
+
+
+def context_length(model_config: Any) -> int:
+    """The longest sequence a model reads, in tokens."""
+    for name in ("n_positions", "max_position_embeddings"):
+        if getattr(model_config, name, None):
+            return int(getattr(model_config, name))
+    return 2048
+
+
+def fitting_prompts(data: Any, tokenizer: Any, room: int) -> list[str]:
+    """A prompts data set rendered with the chat template; a prompt longer than `room` tokens (the
+    context less the tokens to generate) is dropped from `data` and counted, and the counts announced."""
+    texts = [prompt_text(tokenizer, row["prompt"]) for row in data.rows]
+    too_long = {
+        i for i, t in enumerate(texts) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room
+    }
+    data.drop(too_long, f"prompt longer than context - max_new_tokens = {room} tokens")
+    data.announce()
+    return [t for i, t in enumerate(texts) if i not in too_long]

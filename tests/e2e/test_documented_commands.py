@@ -63,7 +63,11 @@ MICRO["rounds"] = (
     + json.dumps(
         {
             "ppo": dict(item.split("=") for item in MICRO["ppo"]),
-            "rm": {**dict(item.split("=") for item in MICRO["rm"]), "train.max_steps": 2},
+            "rm": {
+                **dict(item.split("=") for item in MICRO["rm"]),
+                "train.max_steps": 2,
+                "truncation": "keep_end",
+            },
         }
     ),
 )

@@ -29,7 +29,7 @@ from align.stages.ppo.checkpoint import full_weights
 from align.stages.ppo.loop import PPOData, PPOLoop
 from align.stages.ppo.networks import trainable
 from align.stages.ppo.validation import Validation
-from align.text.chat import prompt_text
+from align.text.chat import context_length, fitting_prompts
 from align.text.encoding import tokenize_sft
 
 
@@ -41,7 +41,7 @@ def run(config: PPOConfig, resume: bool = False) -> Artifact:
     torch.manual_seed(config.train.seed)
     judge = judge_of(config, accelerator.device)[1]
     networks = ppo_networks.build(config, source, tokenizer, judge, accelerator.device, sharded)
-    context = _context_length(networks.policy.config)
+    context = context_length(networks.policy.config)
     prompts, prompt_data = _prompt_texts(config, tokenizer, context)
     ptx_rows, ptx_info = _ptx_rows(config, tokenizer, context)
     if config.ppo.packing:
@@ -115,14 +115,7 @@ def _validation(config: PPOConfig, prompts: list[str], device: Any) -> tuple[lis
 def _prompt_texts(config: PPOConfig, tokenizer: Any, context: int) -> tuple[list[str], Dataset]:
     """Rendered prompts; those leaving no room for max_new_tokens in the context are dropped and counted."""
     data = load_data(config.prompts, "prompts", config.limit)
-    room = context - config.ppo.max_new_tokens
-    texts = [prompt_text(tokenizer, row["prompt"]) for row in data.rows]
-    too_long = {
-        i for i, t in enumerate(texts) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) > room
-    }
-    data.drop(too_long, f"prompt longer than context - max_new_tokens = {room} tokens")
-    data.announce()
-    texts = [t for i, t in enumerate(texts) if i not in too_long]
+    texts = fitting_prompts(data, tokenizer, context - config.ppo.max_new_tokens)
     if len(texts) < config.ppo.rollouts:
         raise DataError(
             f"{config.prompts}: {len(texts)} usable prompts, fewer than ppo.rollouts={config.ppo.rollouts}"
@@ -138,13 +131,6 @@ def _ptx_rows(
         return [], None
     data = load_data(config.ptx_data, "sft", config.limit)
     return tokenize_sft(data, tokenizer, context), data.info()
-
-
-def _context_length(model_config: Any) -> int:
-    for name in ("n_positions", "max_position_embeddings"):
-        if getattr(model_config, name, None):
-            return int(getattr(model_config, name))
-    return 2048
 
 
 __all__ = ["run"]

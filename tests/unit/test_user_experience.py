@@ -180,8 +180,12 @@ def test_off_loopback_every_api_call_needs_its_token_and_the_token_names_the_ann
         assert httpx.get(f"{url}/api/next", params={"token": "wrong"}).status_code == 401
         bob = next(t for t, name in tokens.items() if name == "bob")
         item = httpx.get(f"{url}/api/next", params={"token": bob}).json()["item"]
-        judged = httpx.post(f"{url}/api/judge", headers={"X-Align-Token": bob},
+        forged = httpx.post(f"{url}/api/judge", headers={"X-Align-Token": bob},
                             json={"item": item, "tie": True, "annotator": "mallory"})  # fmt: skip
+        assert forged.status_code == 422  # no field beyond the judgement's own: the token names who
+        judged = httpx.post(
+            f"{url}/api/judge", headers={"X-Align-Token": bob}, json={"item": item, "tie": True}
+        )
         assert judged.status_code == 200
         assert httpx.post(f"{url}/api/judge", json={"item": 1, "tie": True}).status_code == 401
     finally:

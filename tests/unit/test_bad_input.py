@@ -212,7 +212,7 @@ STAGE_CASES = {
     "sft: gigantic line": (
         ["sft", "--model", "{base}", "--data", "{data}"],
         '{"prompt": "a", "completion": "' + "x " * 1_000_000 + '"}\n',
-        "every row is longer than max_length",
+        "d.jsonl:1: a row of 2,000,017 characters, over the limit of 1,000,000",
     ),
     "eval: best-of-1": (
         ["eval", "--model", "{sft}", "--best-of-n", "1"],
@@ -237,7 +237,7 @@ STAGE_CASES = {
     "generate: weights overwritten with garbage": (
         ["generate", "--model", "{tampered}", "--prompt", "hi"],
         None,
-        "cannot load a causal LM (Error while deserializing header",
+        "tampered/model/model.safetensors: modified since the artifact was made",
     ),
 }
 

@@ -44,7 +44,7 @@ SAMPLES, LABELS = "samples.jsonl", "labels.jsonl"  # a people round's saved answ
 
 def run(config: RoundsConfig, resume: bool = False) -> Artifact:
     sft = resolve_model(config.model)
-    reward_model = load_artifact(config.reward_model, expect_stage="rm")
+    initial = reward_model = load_artifact(config.reward_model, expect_stage="rm")
     refresh = _refresh_slices(config)
     original = _jsonl(load_data(config.data, "pairs").rows)
     partial = Path(f"{config.output}.partial")
@@ -65,16 +65,16 @@ def run(config: RoundsConfig, resume: bool = False) -> Artifact:
             train_file = _write(folder / "rm-train.jsonl", _rm_rows(config, k, learned, fresh))
             reward_model = _rm(config, folder, k, train_file, held_file, reward_model, resume)
             learned = learned + fresh
-            blind_spot = {
+            figures = {
                 "held_out_pairs": len(held),
                 "rm_accuracy_own_held_out": _own_accuracy(history[-1]["rm_artifact"]),
                 "rm_accuracy_before": before,
-                "rm_accuracy_after": pair_accuracy(reward_model, held_file),
+                "rm_accuracy_after": _own_accuracy(reward_model),  # its held-out pairs are these
             }
             policy = _ppo(config, writer.work_dir, k, reward_model, policy, resume)
-            history.append(_round_record(k, policy, reward_model, {**judging, **blind_spot}))
+            history.append(_round_record(k, policy, reward_model, {**judging, **figures}))
         record_base(writer, sft)
-        writer.add_parent(load_artifact(config.reward_model))
+        writer.add_parent(initial)
         writer.extra["model_format"] = "lora"
         writer.extra["model_dir"] = f"{policy.path.relative_to(writer.work_dir).as_posix()}/model"
         writer.metrics = summary(history)

@@ -137,13 +137,15 @@ def intact(artifact: Artifact) -> Artifact:
     export, generate and chat load nothing damaged. A file's hash is cached by path, size and mtime, so
     large weights are read once (`hash_cache_path()`)."""
     cache = _hash_cache()
+    known = dict(cache)
     for name, digest in artifact.manifest["files"].items():
         if cached_sha256(artifact.path / name, cache) != digest:
             raise ArtifactError(
                 f"{artifact.path / name}: modified since the artifact was made (sha256 differs from the "
                 f"manifest); `align verify {artifact.path}` lists every such file"
             )
-    _save_hash_cache(cache)
+    if cache != known:  # a file was hashed: keep it; an artifact known already costs one read
+        _save_hash_cache(cache)
     return artifact
 
 

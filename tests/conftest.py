@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -161,15 +162,22 @@ def micro_dpo(micro_sft: Path, micro_runs: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_evaluated(
-    micro_sft: Path, micro_ppo: Path, micro_dpo: Path, micro_rm: Path, micro_runs: Path
+    tmp_path_factory: pytest.TempPathFactory, micro_sft: Path, micro_ppo: Path, micro_dpo: Path, micro_rm: Path
 ) -> Path:
-    """The micro run directory after `align eval` of SFT (with best-of-2), PPO and DPO on 48 prompts."""
+    """A copy of the micro run directory after `align eval` of SFT (with best-of-2), PPO and DPO on 48
+    prompts. A copy, so that no other test's `align eval` of the shared artifacts becomes the evaluation
+    their metrics quote."""
+    runs = tmp_path_factory.mktemp("micro_evaluated") / "runs"
+    shutil.copytree(
+        micro_sft.parent, runs, ignore=shutil.ignore_patterns("*.partial", "hub_*", "evaluations")
+    )
+    rm = runs / micro_rm.name
     for policy, extra in ((micro_sft, ("--best-of-n", "2")), (micro_ppo, ()), (micro_dpo, ())):
         result = invoke(
-            CliRunner(), "eval", "--model", policy, "--reward-model", micro_rm, "--limit", "48", *extra
+            CliRunner(), "eval", "--model", runs / policy.name, "--reward-model", rm, "--limit", "48", *extra
         )
         assert result.exit_code == 0, result.output
-    return micro_runs
+    return runs
 
 
 HUB_DROPOUT = {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}  # what hub GPT-2 configs carry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,12 @@ from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("name", ["quickstart", "ppo_vs_dpo"])
-def test_notebook_executes(name: str, micro_evaluated: Path, monkeypatch) -> None:
+def test_notebook_executes(name: str, micro_evaluated: Path, tmp_path: Path, monkeypatch) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("ALIGN_RUNS", str(micro_evaluated))
+    runs = shutil.copytree(micro_evaluated, tmp_path / "runs")  # its evaluations stay in its own copy
+    monkeypatch.setenv("ALIGN_RUNS", str(runs))
     monkeypatch.setenv("ALIGN_EVAL_LIMIT", "24")
     notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(REPO)}}).execute()

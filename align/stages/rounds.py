@@ -185,7 +185,7 @@ def _people_pairs(
 
     samples = folder / SAMPLES
     if not samples.exists():
-        _save_samples(config, samples, k, policy, prompts)
+        _save_samples(config, samples, k, policy, _write(folder / "prompts.jsonl", _jsonl(prompts)))
     task = round_label_task(folder)
     progress = task.progress()
     if progress["done"] < progress["total"]:
@@ -202,21 +202,24 @@ def _people_pairs(
     return rows, {**figures, **task.summary()}
 
 
-def _save_samples(
-    config: RoundsConfig, path: Path, k: int, policy: Artifact, prompts: list[dict[str, Any]]
-) -> None:
-    """The policy's `sampling.n` answers to each prompt, and which items two annotators judge."""
-    import random
-
+def _save_samples(config: RoundsConfig, path: Path, k: int, policy: Artifact, prompts_file: Path) -> None:
+    """The policy's `sampling.n` answers to each prompt that fits its context with room for them (as
+    `align pairs` keeps), and which items two annotators judge."""
     from align.decoding.generate import Decoding, sample_texts
     from align.models import load_policy, load_tokenizer
-    from align.text.chat import prompt_text
+    from align.text.chat import context_length, fitting_prompts
 
     source = resolve_model(str(policy.path))
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     model = load_policy(source, config.trust_remote_code, inference=True)
-    rendered = [prompt_text(tokenizer, row["prompt"]) for row in prompts]
     sampling = config.sampling
+    data = load_data(str(prompts_file), "prompts")
+    rendered = fitting_prompts(data, tokenizer, context_length(model.config) - sampling.max_new_tokens)
+    prompts = data.rows
+    if not prompts:
+        raise DataError(
+            f"{prompts_file}: no prompt of round {k} leaves room for {sampling.max_new_tokens} tokens"
+        )
     decoding = Decoding(temperature=sampling.temperature, max_new_tokens=sampling.max_new_tokens)
     seed = config.seed + 1000 * k
     answers = sample_texts(model, tokenizer, rendered, decoding, sampling.batch_size, seed, sampling.n)

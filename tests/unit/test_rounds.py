@@ -166,12 +166,19 @@ def test_a_people_round_pauses_for_labels_and_resumes_with_them(
     from align.feedback.server import create_app
 
     output = tmp_path / "people"
+    pool = (REPO / "data/synthetic/refresh.jsonl").read_text().splitlines()[:23]
+    too_long = json.dumps({"prompt": "say " * 400})  # no room left to answer in the micro context
+    refresh = tmp_path / "refresh.jsonl"
+    refresh.write_text("\n".join([*pool[:5], too_long, *pool[5:]]) + "\n")
     args = rounds_args(micro_sft, micro_rm, output, "--judge", "people", "--set", "double_share=0.5")
+    args += ["--set", f"refresh_prompts={refresh}"]
     paused = invoke(runner, *args)
     assert paused.exit_code == 3, paused.output
     assert "align label --round" in paused.output
     folder = output.with_name("people.partial") / "round-1"
     task = round_label_task(folder)
+    asked = [messages[-1]["content"] for messages in task.prompts]
+    assert asked == [json.loads(row)["prompt"] for row in pool]  # the over-long one is dropped
     client = TestClient(create_app(task, "label.html", {"token-ann": "ann", "token-bob": "bob"}))
 
     def ask(token: str) -> dict:

@@ -463,13 +463,19 @@ def evaluations(artifact: Artifact) -> list[dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Readers see the old file or the new one, whole; two processes writing one file (the hash cache)
+    each write their own temporary file, and the last rename wins."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def restore_interrupted_swap(output: Path) -> None:

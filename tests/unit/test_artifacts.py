@@ -172,6 +172,37 @@ def test_a_file_is_hashed_once_until_it_changes(micro_sft: Path, tmp_path: Path,
     assert first == len(artifact.manifest["files"]) and len(hashed) == first
 
 
+def _write_often(path: str, tag: str) -> None:
+    from align.artifacts import write_json_atomic
+
+    for i in range(80):
+        write_json_atomic(Path(path), {f"{tag}{j}": [j, i, "x" * 40] for j in range(3000)})
+
+
+def test_two_processes_writing_one_json_file_leave_it_whole(tmp_path: Path) -> None:
+    """The hash cache is shared by every run on the machine: concurrent writers never leave a reader a
+    half-written file, and neither fails."""
+    import multiprocessing
+
+    from align.artifacts import write_json_atomic
+
+    path = tmp_path / "cache.json"
+    write_json_atomic(path, {})
+    writers = [multiprocessing.Process(target=_write_often, args=(str(path), tag)) for tag in "ab"]
+    for writer in writers:
+        writer.start()
+    unreadable = 0
+    while any(writer.is_alive() for writer in writers):
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            unreadable += 1
+    for writer in writers:
+        writer.join()
+    assert unreadable == 0 and [writer.exitcode for writer in writers] == [0, 0]
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]
+
+
 def test_evaluations_are_kept_apart_and_never_touch_the_committed_files(
     runner, micro_sft: Path, tmp_path: Path
 ) -> None:

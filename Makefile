@@ -75,14 +75,16 @@ ppo: setup
 
 # Multi-seed studies (tens of minutes): JSON under results/, quoted in the README and issues. Outputs that
 # exist under $(RUNS)/study and $(RUNS)/capability are reused.
+CHAIN_POLICIES := ppo ppo_gold dpo sft_chosen
 results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
 	$(BIN)/python bench/study_capability.py --runs $(RUNS) --out results/capability.json
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
 	$(BIN)/python bench/study_chains.py --split dev --chains 0 1 --policies ppo ppo_beta0.1 ppo_beta0.4 rounds
-	$(BIN)/python bench/study_chains.py --split eval
-	$(BIN)/python bench/study_chains.py --split eval --chains 0 1 --policies ppo rounds --out results/chains_eval_rounds.json
-	$(BIN)/python bench/study_chains.py --split fresh
+	$(BIN)/python bench/study_chains.py --split eval --policies $(CHAIN_POLICIES)
+	$(BIN)/python bench/study_chains.py --split eval --chains 0 1 --policies ppo rounds rounds_sft_samples \
+		--out results/chains_eval_rounds.json
+	$(BIN)/python bench/study_chains.py --split fresh --policies $(CHAIN_POLICIES)
 	$(BIN)/python bench/study_guards.py --runs $(RUNS) --out results/guards.json
 	$(BIN)/python bench/gpt2_chain.py --size gpt2 --out results/gpt2_chain.json
 	$(BIN)/python bench/quantize_int8.py --runs $(RUNS) --out results/quantize_int8.json

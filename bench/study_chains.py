@@ -197,7 +197,7 @@ def over_chains(chains: dict[str, dict], names: list[str]) -> dict:
             "families_below_sft": sorted({f for v in verdicts for f in v["families_below_sft"]}),
             "harmful_compliance_rises": any(any(v["harmful_compliance_rises"].values()) for v in verdicts),
         }
-        for baseline in ("sft_chosen", "ppo"):
+        for baseline in ("sft_chosen", "ppo", "rounds_sft_samples"):
             if baseline in names and baseline != name:
                 entry[f"over_{baseline}"] = {
                     kind: _mean_interval(gains(name, baseline, f"gold_{kind}"))
@@ -213,8 +213,22 @@ def over_chains(chains: dict[str, dict], names: list[str]) -> dict:
             entry["share_of_ceiling_gain_by_family"] = {
                 f: round(g / max(ceiling[f], 1e-9), 3) for f, g in family_gain(name, "sft").items()
             }
+        if "rounds" in runs[0][name]:
+            entry["refreshed_rm_gain_on_held_out"] = refreshed_rm_gains([run[name]["rounds"] for run in runs])
         summary[name] = entry
     return summary
+
+
+def refreshed_rm_gains(chains: list[list[dict]]) -> dict[str, dict]:
+    """Per refresh round: how much more often the refreshed RM than the one before it ranks the round's
+    held-out pairs as the judge did, with the interval of the mean over chains (the blind-spot figure)."""
+    return {
+        f"round {entry['round']}": _mean_interval(
+            [rounds[i]["rm_accuracy_after"] - rounds[i]["rm_accuracy_before"] for rounds in chains]
+        )
+        for i, entry in enumerate(chains[0])
+        if "rm_accuracy_before" in entry
+    }
 
 
 # Student's t at 97.5 % for 1..9 degrees of freedom: the interval of a mean over a few chains

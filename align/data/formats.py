@@ -87,11 +87,13 @@ class Dataset:
         10 % of the rows read were dropped."""
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.dropped.items()) or "none"
         cut = f", {self.truncated} truncated" if self.truncated else ""
+        kept = "pairs kept" if self.kind == "pairs" else "kept"  # a ranking row gives several pairs
         logger.info(
-            "%s: %d rows read, %d kept%s; dropped: %s",
+            "%s: %d rows read, %d %s%s; dropped: %s",
             self.source.name,
             self.read,
             len(self.rows),
+            kept,
             cut,
             reasons,
         )

@@ -37,15 +37,19 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 
 def align(*args: str, env: dict[str, str] | None = None) -> float:
-    """`align ARGS` in a quiet subprocess; the seconds it took."""
+    """`align ARGS` in a quiet subprocess; the seconds it took. A failure shows the end of what the
+    command printed (its one-line error) before it stops the study."""
     start = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "align.cli", *args],
-        check=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env=env,
     )
+    if done.returncode:
+        sys.stderr.write("\n".join(done.stderr.splitlines()[-5:]) + "\n")
+        done.check_returncode()
     return round(time.perf_counter() - start, 1)
 
 

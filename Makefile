@@ -82,8 +82,10 @@ results: setup
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
 	$(BIN)/python bench/study_chains.py --split dev --chains 0 1 --policies ppo ppo_beta0.1 ppo_beta0.4 rounds
 	$(BIN)/python bench/study_chains.py --split eval --policies $(CHAIN_POLICIES)
-	$(BIN)/python bench/study_chains.py --split eval --chains 0 1 --policies ppo rounds rounds_sft_samples \
+	$(BIN)/python bench/study_chains.py --split eval --chains 0 1 3 4 --policies ppo rounds \
 		--out results/chains_eval_rounds.json
+	$(BIN)/python bench/study_chains.py --split eval --chains 0 1 --policies ppo rounds rounds_sft_samples \
+		--out results/chains_eval_control.json
 	$(BIN)/python bench/study_chains.py --split fresh --policies $(CHAIN_POLICIES)
 	$(BIN)/python bench/study_guards.py --runs $(RUNS) --out results/guards.json
 	$(BIN)/python bench/gpt2_chain.py --size gpt2 --out results/gpt2_chain.json

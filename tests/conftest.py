@@ -162,7 +162,11 @@ def micro_dpo(micro_sft: Path, micro_runs: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_evaluated(
-    tmp_path_factory: pytest.TempPathFactory, micro_sft: Path, micro_ppo: Path, micro_dpo: Path, micro_rm: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    micro_sft: Path,
+    micro_ppo: Path,
+    micro_dpo: Path,
+    micro_rm: Path,
 ) -> Path:
     """A copy of the micro run directory after `align eval` of SFT (with best-of-2), PPO and DPO on 48
     prompts. A copy, so that no other test's `align eval` of the shared artifacts becomes the evaluation

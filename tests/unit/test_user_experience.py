@@ -65,7 +65,8 @@ def test_over_long_rows_are_announced_kept_with_truncation_and_warned_about(
     dropped = invoke(runner, *args, "--output", tmp_path / "dropped")
     assert dropped.exit_code == 0, dropped.output
     assert re.search(
-        r"\d+ rows read, \d+ (pairs )?kept.*; dropped: .*\d+ longer than max_length=120 tokens", dropped.stderr
+        r"\d+ rows read, \d+ (pairs )?kept.*; dropped: .*\d+ longer than max_length=120 tokens",
+        dropped.stderr,
     )
     assert "were dropped; `truncation: keep_end` keeps over-long rows" in dropped.stderr
     kept = invoke(runner, *args, *sets("truncation=keep_end"), "--output", tmp_path / "kept")

@@ -80,7 +80,7 @@ results: setup
 	test -d $(RUNS)/rm || $(MAKE) demo
 	$(BIN)/python bench/study_capability.py --runs $(RUNS) --out results/capability.json
 	$(BIN)/python bench/study_alignment.py --runs $(RUNS) --out results/alignment.json
-	$(BIN)/python bench/study_chains.py --split dev --chains 0 1 --policies ppo ppo_beta0.1 ppo_beta0.4 rounds
+	$(BIN)/python bench/study_chains.py --split dev --chains 0 1 --policies ppo ppo_beta0.4 rounds
 	$(BIN)/python bench/study_chains.py --split eval --policies $(CHAIN_POLICIES)
 	$(BIN)/python bench/study_chains.py --split eval --chains 0 1 3 4 --policies ppo rounds \
 		--out results/chains_eval_rounds.json

@@ -36,6 +36,7 @@ from align.health import blind_spot
 from align.models import record_base, resolve_model
 from align.registry import STAGES
 from align.rewards import RewardModel
+from align.text.chat import context_length, fitting_prompts
 from align.text.encoding import tokenize_pairs
 
 PEOPLE = "people"  # the judge that is a team of annotators in `align label --round`
@@ -57,7 +58,8 @@ def run(config: RoundsConfig, resume: bool = False) -> Artifact:
         for k, prompts in enumerate(refresh, start=1):
             folder = writer.work_dir / f"round-{k}"
             judge = _people_pairs if config.judge == PEOPLE else _judged_pairs
-            judged, judging = judge(config, folder, k, policy, prompts, resume)
+            prompts_file = _write(folder / "prompts.jsonl", _jsonl(prompts))
+            judged, judging = judge(config, folder, k, policy, prompts_file, resume)
             train, held = _split(config, k, judged, len(prompts))
             held_file = _write(folder / "held-out.jsonl", _jsonl(held))
             before = pair_accuracy(reward_model, held_file)
@@ -95,7 +97,7 @@ def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 def pair_accuracy(reward_model: Artifact, pairs_file: Path) -> float:
     """The share of a pairs file's pairs that the RM ranks as the judge did."""
     scorer = RewardModel.load(reward_model, "cpu")
-    context = scorer.model.config.max_position_embeddings  # a longer pair keeps its end, as the RM trained
+    context = context_length(scorer.model.config)  # a longer pair keeps its end, as the RM trained
     rows = tokenize_pairs(load_data(str(pairs_file), "pairs"), scorer.tokenizer, context, 0.0, "keep_end")
     return round(reward_model_report(scorer, rows, "held")["held_accuracy"], 4)
 
@@ -155,10 +157,9 @@ def _refresh_slices(config: RoundsConfig) -> list[list[dict[str, Any]]]:
 
 
 def _judged_pairs(
-    config: RoundsConfig, folder: Path, k: int, policy: Artifact, prompts: list[dict[str, Any]], resume: bool
+    config: RoundsConfig, folder: Path, k: int, policy: Artifact, prompts_file: Path, resume: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The current policy's answers to this round's prompts, ranked by the judge; groups named per round."""
-    prompts_file = _write(folder / "prompts.jsonl", _jsonl(prompts))
     pairs = PairsConfig(
         model=config.model if config.samples_from == "sft" else str(policy.path),
         prompts=str(prompts_file),
@@ -176,7 +177,7 @@ def _judged_pairs(
 
 
 def _people_pairs(
-    config: RoundsConfig, folder: Path, k: int, policy: Artifact, prompts: list[dict[str, Any]], resume: bool
+    config: RoundsConfig, folder: Path, k: int, policy: Artifact, prompts_file: Path, resume: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """People rank the policy's answers in `align label --round FOLDER`: the answers are sampled once and
     saved, the run pauses until every item has its judgements (two annotators for `double_share` of
@@ -185,7 +186,7 @@ def _people_pairs(
 
     samples = folder / SAMPLES
     if not samples.exists():
-        _save_samples(config, samples, k, policy, _write(folder / "prompts.jsonl", _jsonl(prompts)))
+        _save_samples(config, samples, k, policy, prompts_file)
     task = round_label_task(folder)
     progress = task.progress()
     if progress["done"] < progress["total"]:
@@ -207,7 +208,6 @@ def _save_samples(config: RoundsConfig, path: Path, k: int, policy: Artifact, pr
     `align pairs` keeps), and which items two annotators judge."""
     from align.decoding.generate import Decoding, sample_texts
     from align.models import load_policy, load_tokenizer
-    from align.text.chat import context_length, fitting_prompts
 
     source = resolve_model(str(policy.path))
     tokenizer = load_tokenizer(source, config.trust_remote_code)
